@@ -1,0 +1,2 @@
+"""Configs with the variance-exploding (VE) SDE: NCSN++, and NCSN/NCSNv2 as its discrete
+special cases."""

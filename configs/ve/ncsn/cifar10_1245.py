@@ -1,0 +1,9 @@
+"""NCSN on CIFAR-10 with NCSNv2 techniques 1, 2, 4 and 5 (as cifar10_124, plus EMA)."""
+
+from configs.default_cifar10_configs import get_default_configs
+from configs.ve.ncsn._ncsn import ncsn_config
+
+
+def get_config():
+    return ncsn_config(get_default_configs, n_steps_each=5, snr=0.176, num_scales=232,
+                       ema_rate=0.999)

@@ -1,0 +1,1 @@
+"""NCSNv2 (Song & Ermon, 2020) as discrete VE models."""

@@ -1,0 +1,2 @@
+"""Configs with the variance-preserving (VP) SDE: DDPM++, NCSN++, and DDPM as its discrete
+special case."""

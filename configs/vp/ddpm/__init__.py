@@ -1,0 +1,1 @@
+"""DDPM (Ho et al., 2020) as discrete (and continuous) VP models."""
