@@ -1,0 +1,142 @@
+"""The DDPM U-Net (Ho et al. 2020, `diffusion_tf/models/unet.py`).
+
+Layers live in one `nn.ModuleList` named `all_modules`, built and consumed in the same order as in
+score_sde_pytorch, so its checkpoints load with strict key/shape checking.
+
+Time conditioning (`forward(x, labels)`): `labels` [B] are time labels fed to the sinusoidal
+embedding (VP/sub-VP continuous: 999 * t; discrete: the integer step). With `scale_by_sigma` (the
+VE `cifar10_ddpm` config) the output is divided by `sigmas[labels.long()]`.
+"""
+
+import torch
+import torch.nn as nn
+
+from networks import layers
+from networks.ncsnpp import check_unused_switches, time_condition_batch
+from networks.registry import register_model
+from networks.utils import get_act, get_sigmas
+
+
+@register_model(name='ddpm')
+class DDPM(nn.Module):
+    """DDPM U-Net. `DDPM(config)` reads `config.model` and `config.data`;
+    `forward(x [B, C, H, W], labels [B]) -> [B, C, H, W]`. Channel counts (nf * ch_mult) must be
+    multiples of 32 (GroupNorm with 32 groups)."""
+
+    def __init__(self, config):
+        super().__init__()
+        m = config.model
+        check_unused_switches(m)
+        self.act = act = get_act(config)
+        self.register_buffer('sigmas', torch.tensor(get_sigmas(config)))
+
+        self.nf = nf = int(m.nf)
+        ch_mult = tuple(m.ch_mult)
+        self.num_res_blocks = num_res_blocks = int(m.num_res_blocks)
+        self.attn_resolutions = attn_resolutions = tuple(m.attn_resolutions)
+        self.num_resolutions = num_resolutions = len(ch_mult)
+        self.all_resolutions = [config.data.image_size // (2 ** i) for i in range(num_resolutions)]
+        self.attn_at_level = [r in attn_resolutions for r in self.all_resolutions]
+        self.conditional = conditional = bool(m.conditional)
+        self.centered = bool(config.data.centered)
+        self.scale_by_sigma = bool(m.scale_by_sigma)
+        self.num_channels = channels = int(config.data.num_channels)
+        resamp_with_conv = bool(m.resamp_with_conv)
+        bad = [nf * c for c in (1,) + ch_mult if (nf * c) % 32]
+        if bad:
+            raise ValueError(f"DDPM needs channel counts divisible by 32 (GroupNorm(32)); nf={nf}, "
+                             f"ch_mult={ch_mult} give {bad}")
+
+        def resnet_block(in_ch, out_ch=None):
+            return layers.ResnetBlockDDPM(act=act, in_ch=in_ch, out_ch=out_ch, temb_dim=4 * nf,
+                                          dropout=m.dropout)
+
+        modules = []
+        if conditional:
+            modules += [layers.dense(nf, 4 * nf), layers.dense(4 * nf, 4 * nf)]
+
+        # Downsampling path.
+        modules.append(layers.ddpm_conv3x3(channels, nf))
+        hs_c = [nf]
+        in_ch = nf
+        for i_level in range(num_resolutions):
+            for _ in range(num_res_blocks):
+                out_ch = nf * ch_mult[i_level]
+                modules.append(resnet_block(in_ch, out_ch))
+                in_ch = out_ch
+                if self.attn_at_level[i_level]:
+                    modules.append(layers.AttnBlock(channels=in_ch))
+                hs_c.append(in_ch)
+            if i_level != num_resolutions - 1:
+                modules.append(layers.Downsample(channels=in_ch, with_conv=resamp_with_conv))
+                hs_c.append(in_ch)
+
+        # Bottleneck.
+        in_ch = hs_c[-1]
+        modules += [resnet_block(in_ch), layers.AttnBlock(channels=in_ch), resnet_block(in_ch)]
+
+        # Upsampling path.
+        for i_level in reversed(range(num_resolutions)):
+            for _ in range(num_res_blocks + 1):
+                out_ch = nf * ch_mult[i_level]
+                modules.append(resnet_block(in_ch + hs_c.pop(), out_ch))
+                in_ch = out_ch
+            if self.attn_at_level[i_level]:
+                modules.append(layers.AttnBlock(channels=in_ch))
+            if i_level != 0:
+                modules.append(layers.Upsample(channels=in_ch, with_conv=resamp_with_conv))
+        assert not hs_c
+
+        modules.append(nn.GroupNorm(num_channels=in_ch, num_groups=32, eps=1e-6))
+        modules.append(layers.ddpm_conv3x3(in_ch, channels, init_scale=0.))
+        self.all_modules = nn.ModuleList(modules)
+
+    def forward(self, x, labels):
+        if x.dim() != 4 or x.shape[1] != self.num_channels:
+            raise ValueError(f"DDPM expects x of shape [B, {self.num_channels}, H, W], got "
+                             f"{tuple(x.shape)}")
+        labels = time_condition_batch(labels, x)
+        mods = iter(self.all_modules)
+        temb = None
+        if self.conditional:
+            dense0, dense1 = next(mods), next(mods)
+            temb = layers.get_timestep_embedding(labels, self.nf).to(dense0.weight.dtype)
+            temb = dense1(self.act(dense0(temb)))
+
+        h = x if self.centered else 2 * x - 1.  # data in [0, 1] -> [-1, 1]
+
+        # Downsampling path.
+        hs = [next(mods)(h)]
+        for i_level in range(self.num_resolutions):
+            for _ in range(self.num_res_blocks):
+                h = next(mods)(hs[-1], temb)
+                if self.attn_at_level[i_level]:
+                    h = next(mods)(h)
+                hs.append(h)
+            if i_level != self.num_resolutions - 1:
+                hs.append(next(mods)(hs[-1]))
+
+        # Bottleneck.
+        h = hs[-1]
+        h = next(mods)(h, temb)
+        h = next(mods)(h)
+        h = next(mods)(h, temb)
+
+        # Upsampling path.
+        for i_level in reversed(range(self.num_resolutions)):
+            for _ in range(self.num_res_blocks + 1):
+                h = next(mods)(torch.cat([h, hs.pop()], dim=1), temb)
+            if self.attn_at_level[i_level]:
+                h = next(mods)(h)
+            if i_level != 0:
+                h = next(mods)(h)
+        assert not hs
+
+        norm, conv = next(mods), next(mods)
+        h = conv(self.act(norm(h)))
+        if next(mods, None) is not None:
+            raise RuntimeError("DDPM.forward did not use every module; construction and forward disagree")
+
+        if self.scale_by_sigma:
+            h = h / self.sigmas[labels.long()].to(h.dtype).reshape(-1, 1, 1, 1)
+        return h

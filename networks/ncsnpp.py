@@ -1,0 +1,292 @@
+"""NCSN++ and DDPM++ (Song et al. 2021, "Score-Based Generative Modeling through SDEs", App. H):
+one U-Net family, selected by `config.model`.
+
+All layers live in one `nn.ModuleList` named `all_modules`, built and consumed in the same order as
+in score_sde_pytorch, so its checkpoints load with strict key/shape checking.
+
+Time conditioning (`forward(x, time_cond)`):
+  * embedding_type 'fourier' (continuous VE models): `time_cond` is the noise scale sigma [B]; the
+    embedding is of log sigma, and with `scale_by_sigma` the output is divided by sigma.
+  * embedding_type 'positional': `time_cond` is a time label [B] (VP/sub-VP: 999 * t, or a discrete
+    index); with `scale_by_sigma` the output is divided by `sigmas[time_cond.long()]`.
+"""
+
+import torch
+import torch.nn as nn
+
+from networks import layers, layerspp
+from networks.registry import register_model
+from networks.utils import get_act, get_sigmas
+
+_PROGRESSIVE = ('none', 'output_skip', 'residual')
+_PROGRESSIVE_INPUT = ('none', 'input_skip', 'residual')
+_EMBEDDINGS = ('fourier', 'positional')
+_COMBINE = ('sum', 'cat')
+_RESBLOCKS = ('ddpm', 'biggan')
+
+
+def _choice(value, allowed, field):
+    v = str(value).lower()
+    if v not in allowed:
+        raise ValueError(f"config.model.{field} must be one of {allowed}, got {value!r}")
+    return v
+
+
+def check_unused_switches(model_cfg):
+    """The original accepts `conv_size`, `attention_type` and `normalization` but always builds
+    3x3 convolutions, DDPM attention and GroupNorm: refuse other values instead of ignoring them."""
+    if int(model_cfg.get('conv_size', 3)) != 3:
+        raise ValueError(f"config.model.conv_size={model_cfg.conv_size}: only 3 is supported "
+                         "(the original always uses 3x3 convolutions)")
+    if str(model_cfg.get('attention_type', 'ddpm')).lower() != 'ddpm':
+        raise ValueError(f"config.model.attention_type={model_cfg.attention_type!r}: only 'ddpm' "
+                         "is supported")
+    if str(model_cfg.get('normalization', 'GroupNorm')).lower() != 'groupnorm':
+        raise ValueError(f"config.model.normalization={model_cfg.normalization!r}: this network "
+                         "uses GroupNorm only")
+
+
+def time_condition_batch(time_cond, x):
+    """`time_cond` as a [B] tensor on x's device (a scalar is broadcast over the batch)."""
+    time_cond = torch.as_tensor(time_cond, device=x.device)
+    if time_cond.dim() == 0:
+        time_cond = time_cond.expand(x.shape[0])
+    if time_cond.shape != (x.shape[0],):
+        raise ValueError(f"time_cond must have shape [B] = [{x.shape[0]}], got "
+                         f"{tuple(time_cond.shape)}")
+    return time_cond
+
+
+@register_model(name='ncsnpp')
+class NCSNpp(nn.Module):
+    """NCSN++ / DDPM++ U-Net. `NCSNpp(config)` reads `config.model`, `config.data` and
+    `config.training.continuous`; `forward(x [B, C, H, W], time_cond [B]) -> [B, C, H, W]`."""
+
+    def __init__(self, config):
+        super().__init__()
+        m = config.model
+        check_unused_switches(m)
+        self.act = act = get_act(config)
+        self.register_buffer('sigmas', torch.tensor(get_sigmas(config)))
+
+        self.nf = nf = int(m.nf)
+        ch_mult = tuple(m.ch_mult)
+        self.num_res_blocks = num_res_blocks = int(m.num_res_blocks)
+        self.attn_resolutions = attn_resolutions = tuple(m.attn_resolutions)
+        self.num_resolutions = num_resolutions = len(ch_mult)
+        self.all_resolutions = [config.data.image_size // (2 ** i) for i in range(num_resolutions)]
+        self.attn_at_level = [r in attn_resolutions for r in self.all_resolutions]
+        self.conditional = conditional = bool(m.conditional)
+        self.centered = bool(config.data.centered)
+        self.scale_by_sigma = bool(m.scale_by_sigma)
+        self.num_channels = channels = int(config.data.num_channels)
+        fir, fir_kernel = bool(m.fir), tuple(m.fir_kernel)
+        self.skip_rescale = skip_rescale = bool(m.skip_rescale)
+        self.resblock_type = resblock_type = _choice(m.resblock_type, _RESBLOCKS, 'resblock_type')
+        self.progressive = progressive = _choice(m.progressive, _PROGRESSIVE, 'progressive')
+        self.progressive_input = progressive_input = _choice(
+            m.progressive_input, _PROGRESSIVE_INPUT, 'progressive_input')
+        self.embedding_type = embedding_type = _choice(m.embedding_type, _EMBEDDINGS, 'embedding_type')
+        combine_method = _choice(m.progressive_combine, _COMBINE, 'progressive_combine')
+        init_scale = m.init_scale
+        dropout = m.dropout
+        resamp_with_conv = bool(m.resamp_with_conv)
+        temb_dim = 4 * nf
+
+        modules = []
+        # Noise-level / time embedding.
+        if embedding_type == 'fourier':
+            if not config.training.continuous:
+                raise ValueError("embedding_type 'fourier' needs continuous training "
+                                 "(config.training.continuous=True); use 'positional'")
+            modules.append(layerspp.GaussianFourierProjection(embedding_size=nf, scale=m.fourier_scale))
+            embed_dim = 2 * nf
+        else:
+            embed_dim = nf
+        if conditional:
+            modules.append(layers.dense(embed_dim, temb_dim))
+            modules.append(layers.dense(temb_dim, temb_dim))
+
+        def attn_block(ch):
+            return layerspp.AttnBlockpp(channels=ch, init_scale=init_scale, skip_rescale=skip_rescale)
+
+        def resnet_block(in_ch, out_ch=None, up=False, down=False):
+            if resblock_type == 'ddpm':
+                return layerspp.ResnetBlockDDPMpp(act=act, in_ch=in_ch, out_ch=out_ch, temb_dim=temb_dim,
+                                                  dropout=dropout, init_scale=init_scale,
+                                                  skip_rescale=skip_rescale)
+            return layerspp.ResnetBlockBigGANpp(act=act, in_ch=in_ch, out_ch=out_ch, temb_dim=temb_dim,
+                                                up=up, down=down, dropout=dropout, fir=fir,
+                                                fir_kernel=fir_kernel, init_scale=init_scale,
+                                                skip_rescale=skip_rescale)
+
+        def end_conv(in_ch, out_ch, **kw):
+            return [layerspp.group_norm(in_ch), layerspp.conv3x3(in_ch, out_ch, **kw)]
+
+        if progressive == 'output_skip':
+            self.pyramid_upsample = layerspp.Upsample(fir=fir, fir_kernel=fir_kernel, with_conv=False)
+        if progressive_input == 'input_skip':
+            self.pyramid_downsample = layerspp.Downsample(fir=fir, fir_kernel=fir_kernel, with_conv=False)
+
+        # Downsampling path.
+        modules.append(layerspp.conv3x3(channels, nf))
+        hs_c = [nf]
+        in_ch = nf
+        input_pyramid_ch = channels
+        for i_level in range(num_resolutions):
+            for _ in range(num_res_blocks):
+                out_ch = nf * ch_mult[i_level]
+                modules.append(resnet_block(in_ch, out_ch))
+                in_ch = out_ch
+                if self.attn_at_level[i_level]:
+                    modules.append(attn_block(in_ch))
+                hs_c.append(in_ch)
+            if i_level != num_resolutions - 1:
+                if resblock_type == 'ddpm':
+                    modules.append(layerspp.Downsample(in_ch=in_ch, with_conv=resamp_with_conv,
+                                                       fir=fir, fir_kernel=fir_kernel))
+                else:
+                    modules.append(resnet_block(in_ch, down=True))
+                if progressive_input == 'input_skip':
+                    modules.append(layerspp.Combine(dim1=input_pyramid_ch, dim2=in_ch,
+                                                    method=combine_method))
+                    if combine_method == 'cat':
+                        in_ch *= 2
+                elif progressive_input == 'residual':
+                    modules.append(layerspp.Downsample(in_ch=input_pyramid_ch, out_ch=in_ch,
+                                                       with_conv=True, fir=fir, fir_kernel=fir_kernel))
+                    input_pyramid_ch = in_ch
+                hs_c.append(in_ch)
+
+        # Bottleneck.
+        in_ch = hs_c[-1]
+        modules += [resnet_block(in_ch), attn_block(in_ch), resnet_block(in_ch)]
+
+        # Upsampling path.
+        pyramid_ch = 0
+        for i_level in reversed(range(num_resolutions)):
+            for _ in range(num_res_blocks + 1):
+                out_ch = nf * ch_mult[i_level]
+                modules.append(resnet_block(in_ch + hs_c.pop(), out_ch))
+                in_ch = out_ch
+            if self.attn_at_level[i_level]:
+                modules.append(attn_block(in_ch))
+            if progressive != 'none':
+                if i_level == num_resolutions - 1:  # start of the output pyramid
+                    if progressive == 'output_skip':
+                        modules += end_conv(in_ch, channels, init_scale=init_scale)
+                        pyramid_ch = channels
+                    else:
+                        modules += end_conv(in_ch, in_ch, bias=True)
+                        pyramid_ch = in_ch
+                elif progressive == 'output_skip':
+                    modules += end_conv(in_ch, channels, bias=True, init_scale=init_scale)
+                    pyramid_ch = channels
+                else:
+                    modules.append(layerspp.Upsample(in_ch=pyramid_ch, out_ch=in_ch, with_conv=True,
+                                                     fir=fir, fir_kernel=fir_kernel))
+                    pyramid_ch = in_ch
+            if i_level != 0:
+                if resblock_type == 'ddpm':
+                    modules.append(layerspp.Upsample(in_ch=in_ch, with_conv=resamp_with_conv,
+                                                     fir=fir, fir_kernel=fir_kernel))
+                else:
+                    modules.append(resnet_block(in_ch, up=True))
+        assert not hs_c
+
+        if progressive != 'output_skip':
+            modules += end_conv(in_ch, channels, init_scale=init_scale)
+
+        self.all_modules = nn.ModuleList(modules)
+
+    def _embed(self, time_cond, mods):
+        """Time embedding [B, 4 nf] (or None when unconditional) and the sigmas that divide the output."""
+        if self.embedding_type == 'fourier':
+            used_sigmas = time_cond
+            temb = next(mods)(torch.log(time_cond.float()))
+        else:
+            used_sigmas = None
+            if self.scale_by_sigma:
+                used_sigmas = self.sigmas[time_cond.long()]
+            temb = layers.get_timestep_embedding(time_cond, self.nf)
+        if not self.conditional:
+            return None, used_sigmas
+        dense0, dense1 = next(mods), next(mods)
+        temb = dense0(temb.to(dense0.weight.dtype))
+        temb = dense1(self.act(temb))
+        return temb, used_sigmas
+
+    def forward(self, x, time_cond):
+        if x.dim() != 4 or x.shape[1] != self.num_channels:
+            raise ValueError(f"NCSNpp expects x of shape [B, {self.num_channels}, H, W], got "
+                             f"{tuple(x.shape)}")
+        time_cond = time_condition_batch(time_cond, x)
+        mods = iter(self.all_modules)
+        temb, used_sigmas = self._embed(time_cond, mods)
+
+        if not self.centered:
+            x = 2 * x - 1.  # data in [0, 1] -> [-1, 1]
+
+        # Downsampling path.
+        input_pyramid = x if self.progressive_input != 'none' else None
+        hs = [next(mods)(x)]
+        for i_level in range(self.num_resolutions):
+            for _ in range(self.num_res_blocks):
+                h = next(mods)(hs[-1], temb)
+                if self.attn_at_level[i_level]:
+                    h = next(mods)(h)
+                hs.append(h)
+            if i_level != self.num_resolutions - 1:
+                if self.resblock_type == 'ddpm':
+                    h = next(mods)(hs[-1])
+                else:
+                    h = next(mods)(hs[-1], temb)
+                if self.progressive_input == 'input_skip':
+                    input_pyramid = self.pyramid_downsample(input_pyramid)
+                    h = next(mods)(input_pyramid, h)
+                elif self.progressive_input == 'residual':
+                    input_pyramid = layerspp.residual_sum(next(mods)(input_pyramid), h, self.skip_rescale)
+                    h = input_pyramid
+                hs.append(h)
+
+        # Bottleneck.
+        h = hs[-1]
+        h = next(mods)(h, temb)
+        h = next(mods)(h)
+        h = next(mods)(h, temb)
+
+        # Upsampling path.
+        pyramid = None
+        for i_level in reversed(range(self.num_resolutions)):
+            for _ in range(self.num_res_blocks + 1):
+                h = next(mods)(torch.cat([h, hs.pop()], dim=1), temb)
+            if self.attn_at_level[i_level]:
+                h = next(mods)(h)
+            if self.progressive != 'none':
+                if i_level == self.num_resolutions - 1:
+                    norm, conv = next(mods), next(mods)
+                    pyramid = conv(self.act(norm(h)))
+                elif self.progressive == 'output_skip':
+                    norm, conv = next(mods), next(mods)
+                    pyramid = self.pyramid_upsample(pyramid) + conv(self.act(norm(h)))
+                else:
+                    pyramid = layerspp.residual_sum(next(mods)(pyramid), h, self.skip_rescale)
+                    h = pyramid
+            if i_level != 0:
+                if self.resblock_type == 'ddpm':
+                    h = next(mods)(h)
+                else:
+                    h = next(mods)(h, temb)
+        assert not hs
+
+        if self.progressive == 'output_skip':
+            h = pyramid
+        else:
+            norm, conv = next(mods), next(mods)
+            h = conv(self.act(norm(h)))
+        if next(mods, None) is not None:
+            raise RuntimeError("NCSNpp.forward did not use every module; construction and forward disagree")
+
+        if self.scale_by_sigma:
+            h = h / used_sigmas.to(h.dtype).reshape(-1, 1, 1, 1)
+        return h
