@@ -1,7 +1,8 @@
 """NCSN++ / DDPM++ / DDPM networks: FIR resampling against a NumPy definition of upfirdn, layers
 against their equations, strict loading of an original score_sde_pytorch checkpoint with its
 reference outputs, outputs of the original networks on shrunken configs
-(tests/data/score_sde_reference_outputs.pt, made by tests/data/make_score_sde_reference.py),
+(tests/data/score_sde_reference_outputs.pt: the original's networks run once on the CPU, with
+`fill_weights` weights; the script that ran them is not kept here, as it runs the original's code),
 parameter counts of the released configs, and every released config (shrunk) running forward."""
 
 import json
@@ -356,7 +357,7 @@ def test_fourier_embedding_needs_continuous_training():
 # ----------------------------------------------------------------------------- original outputs
 
 def fill_weights(state_dict, seed=1):
-    """Deterministic weights in state-dict order; the rule of tests/data/make_score_sde_reference.py."""
+    """Deterministic weights in state-dict order; the rule the reference outputs were made with."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for key, v in state_dict.items():
