@@ -1,0 +1,96 @@
+"""From a trained network to the score s(x, t) = grad_x log p_t(x): the conventions, in one place.
+
+A score network is trained on one SDE with one time parameterisation, and its raw output means
+something different for each. `ScoreFunction` applies the same conventions as score_sde_pytorch
+(`models/utils.py:get_score_fn`), so the published checkpoints give the published numbers:
+
+    SDE      continuous   label fed to the net            score
+    VP       True         999 t                           -net(x, label) / sigma(t)
+    VP       False        (N - 1) t                       -net(x, label) / sqrt(1 - abar_i),
+                                                          i = floor((N - 1) t) (DDPM's abar)
+    sub-VP   either       999 t                           -net(x, label) / sigma(t)
+    VE       True         sigma(t)                        net(x, label)
+    VE       False        round((T - t)(N - 1)) (long)    net(x, label)
+
+sigma(t) is the std of the perturbation kernel (`sde.marginal_prob`). VP/sub-VP networks
+predict the noise z of x_t = alpha x_0 + sigma z (DDPM's epsilon), so score = -z / sigma; 999 t
+puts continuous time on DDPM's 1000-step label scale. VE networks output the score itself
+(NCSN++ with `scale_by_sigma` and NCSNv2 divide by sigma inside); discrete VE labels index the
+noise levels from the largest (i = 0 at t = T) to the smallest (i = N - 1 at t = 0).
+
+The network's train/eval mode is left as it is: callers choose it (training needs dropout on,
+sampling off).
+"""
+
+import torch
+
+from sde_lib import VESDE, VPSDE, subVPSDE
+
+
+class ScoreFunction:
+    """score_fn(x, t) for `model` trained on `sde` (see the module table). `t` is a float
+    tensor of shape [B] in [0, T]; the result has the shape of `x`."""
+
+    def __init__(self, sde, model, continuous=True):
+        if not isinstance(sde, (VESDE, VPSDE, subVPSDE)):
+            raise TypeError(f"get_score_fn supports VESDE, VPSDE and subVPSDE, not "
+                            f"{type(sde).__name__}: its network convention is unknown")
+        self.sde = sde
+        self.model = model
+        self.continuous = bool(continuous)
+
+    @property
+    def kind(self):
+        """'ve', 'vp' or 'subvp'."""
+        if isinstance(self.sde, subVPSDE):
+            return 'subvp'
+        return 've' if isinstance(self.sde, VESDE) else 'vp'
+
+    def noise_labels(self, x, t):
+        """The conditioning input the network receives for times `t` ([B])."""
+        sde, kind = self.sde, self.kind
+        if kind == 'subvp' or (kind == 'vp' and self.continuous):
+            return t * 999
+        if kind == 'vp':
+            return t * (sde.N - 1)
+        if self.continuous:
+            return sde.marginal_prob(x, t)[1]
+        labels = sde.T - t
+        labels = labels * (sde.N - 1)
+        return torch.round(labels).long()
+
+    def noise_std(self, x, t, labels):
+        """sigma ([B]) the VP/sub-VP network output is divided by (score = -net / sigma);
+        None for VE, whose network outputs the score."""
+        sde, kind = self.sde, self.kind
+        if kind == 've':
+            return None
+        if kind == 'subvp' or self.continuous:
+            return sde.marginal_prob(x, t)[1]
+        return sde.sqrt_1m_alphas_cumprod.to(labels.device)[labels.long()]
+
+    def __call__(self, x, t):
+        if not torch.is_tensor(x) or x.dim() < 1:
+            raise ValueError(f"x must be a tensor of shape [B, ...], got "
+                             f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+        self.sde.check_time(x, t)
+        labels = self.noise_labels(x, t)
+        out = self.model(x, labels)
+        if out.shape != x.shape:
+            raise ValueError(f"the network returned shape {tuple(out.shape)} for input "
+                             f"{tuple(x.shape)}")
+        std = self.noise_std(x, t, labels)
+        if std is None:
+            return out
+        return -out / std.view(-1, *([1] * (x.dim() - 1)))
+
+    def __repr__(self):
+        return (f"ScoreFunction({type(self.sde).__name__}, {type(self.model).__name__}, "
+                f"continuous={self.continuous})")
+
+
+def get_score_fn(sde, model, continuous=True):
+    """score_fn(x, t) = grad_x log p_t(x) from `model` trained on `sde`, with the original's
+    label and scaling conventions (`continuous`: the model was trained in continuous time; the
+    sub-VP SDE always uses the continuous convention). Raises TypeError for other SDEs."""
+    return ScoreFunction(sde, model, continuous=continuous)
