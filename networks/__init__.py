@@ -5,6 +5,9 @@
     model = networks.load_checkpoint(path, config, ema=True)   # original or toolkit .pth
     networks.save_checkpoint(path, model, config, ema=ema, optimizer=opt, step=step)
 
+Fast path (`config.runtime`; networks/runtime.py): `options = RuntimeOptions.from_config(config)`,
+`model = prepare_model(model, options)`, `get_score_fn(..., **options.score_options())`.
+
 Models (`config.model.name`): 'ncsnpp' (NCSN++ and DDPM++), 'ddpm', 'ncsn', 'ncsnv2_64',
 'ncsnv2_128', 'ncsnv2_256' (aliases 'ncsnv2', 'ncsnv2_deeper', 'ncsnv2_deepest').
 """
@@ -17,6 +20,8 @@ from networks.checkpoint import (FORMAT, CheckpointError, load_checkpoint, load_
                                  read_checkpoint, save_checkpoint)
 from networks.ema import ExponentialMovingAverage
 from networks.registry import get_model_class, model_names, register_model
+from networks.runtime import (RuntimeOptions, fused_adam_kwargs, network_fn, prepare_model,
+                              restore_fast_math, set_fast_math, unwrap_model)
 from networks.score import ScoreFunction, get_score_fn
 
 # Modules whose import registers models. One that is absent is reported when its model is asked
@@ -61,4 +66,6 @@ __all__ = [
     'create_model', 'get_score_fn', 'ScoreFunction', 'ExponentialMovingAverage',
     'load_checkpoint', 'save_checkpoint', 'read_checkpoint', 'load_state', 'CheckpointError',
     'FORMAT', 'get_model_class', 'model_names', 'register_model',
+    'RuntimeOptions', 'prepare_model', 'unwrap_model', 'set_fast_math', 'restore_fast_math',
+    'fused_adam_kwargs', 'network_fn',
 ]

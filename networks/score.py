@@ -20,24 +20,32 @@ noise levels from the largest (i = 0 at t = T) to the smallest (i = N - 1 at t =
 
 The network's train/eval mode is left as it is: callers choose it (training needs dropout on,
 sampling off).
+
+`precision='bf16'` (or 'fp16') runs the network under torch.autocast and nothing else: the
+labels and the division by sigma are computed in fp32 and the score comes back in x's dtype, so
+a sampler's state stays fp32 (`networks.runtime`). `channels_last=True` feeds the network NHWC.
 """
 
 import torch
 
+from networks.runtime import call_network, canonical_precision
 from sde_lib import VESDE, VPSDE, subVPSDE
 
 
 class ScoreFunction:
     """score_fn(x, t) for `model` trained on `sde` (see the module table). `t` is a float
-    tensor of shape [B] in [0, T]; the result has the shape of `x`."""
+    tensor of shape [B] in [0, T]; the result has the shape (and dtype) of `x`. `precision`
+    and `channels_last`: how the network runs (see the module docstring)."""
 
-    def __init__(self, sde, model, continuous=True):
+    def __init__(self, sde, model, continuous=True, precision='fp32', channels_last=False):
         if not isinstance(sde, (VESDE, VPSDE, subVPSDE)):
             raise TypeError(f"get_score_fn supports VESDE, VPSDE and subVPSDE, not "
                             f"{type(sde).__name__}: its network convention is unknown")
         self.sde = sde
         self.model = model
         self.continuous = bool(continuous)
+        self.precision = canonical_precision(precision)
+        self.channels_last = bool(channels_last)
 
     @property
     def kind(self):
@@ -75,7 +83,7 @@ class ScoreFunction:
                              f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
         self.sde.check_time(x, t)
         labels = self.noise_labels(x, t)
-        out = self.model(x, labels)
+        out = call_network(self.model, x, labels, self.precision, self.channels_last)
         if out.shape != x.shape:
             raise ValueError(f"the network returned shape {tuple(out.shape)} for input "
                              f"{tuple(x.shape)}")
@@ -85,12 +93,18 @@ class ScoreFunction:
         return -out / std.view(-1, *([1] * (x.dim() - 1)))
 
     def __repr__(self):
+        extra = ''
+        if self.precision != 'fp32' or self.channels_last:
+            extra = f", precision={self.precision!r}, channels_last={self.channels_last}"
         return (f"ScoreFunction({type(self.sde).__name__}, {type(self.model).__name__}, "
-                f"continuous={self.continuous})")
+                f"continuous={self.continuous}{extra})")
 
 
-def get_score_fn(sde, model, continuous=True):
+def get_score_fn(sde, model, continuous=True, *, precision='fp32', channels_last=False):
     """score_fn(x, t) = grad_x log p_t(x) from `model` trained on `sde`, with the original's
     label and scaling conventions (`continuous`: the model was trained in continuous time; the
-    sub-VP SDE always uses the continuous convention). Raises TypeError for other SDEs."""
-    return ScoreFunction(sde, model, continuous=continuous)
+    sub-VP SDE always uses the continuous convention). Raises TypeError for other SDEs.
+    precision: 'fp32', or 'bf16'/'fp16' to run the network under autocast (the rest in fp32);
+    channels_last: NHWC input. `RuntimeOptions.score_options()` gives both from a config."""
+    return ScoreFunction(sde, model, continuous=continuous, precision=precision,
+                         channels_last=channels_last)
