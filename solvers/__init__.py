@@ -1,0 +1,54 @@
+"""Samplers of score-based models (Song et al. 2021): predictor-corrector, the probability-flow
+ODE, and fast samplers (EDM Heun, DPM-Solver++, an adaptive SDE solver).
+
+    from solvers import sample, encode, decode
+    res = sample(score_fn, sde, (64, 3, 32, 32), sampler="pc", generator=g)   # res.samples, res.nfe
+    res = sample(score_fn, sde, shape, sampler="dpm_solver++", steps=20)
+    z, nfe = encode(score_fn, sde, x);  x_back = decode(score_fn, sde, z).samples
+
+`score_fn(x, t)` is any callable returning grad_x log p_t(x) for x [B, ...] and t [B].
+Predictors, correctors, samplers and time grids live in name registries
+(`register_predictor`, `register_corrector`, `register_sampler`, `register_grid`).
+Modules: predictors, correctors, pc, ode, fast (heun, dpm_solver++), adaptive, grids, sampling.
+"""
+
+from solvers.adaptive import adaptive
+from solvers.common import CountingScore, coefficients, denoise_tweedie, with_steps
+from solvers.correctors import CORRECTORS, get_corrector, register_corrector
+from solvers.fast import dpm_solver_pp, heun
+from solvers.grids import GRIDS, get_grid, register_grid
+from solvers.ode import decode, encode, integrate, ode_sampler, probability_flow_drift
+from solvers.pc import pc_sampler
+from solvers.predictors import PREDICTORS, get_predictor, register_predictor
+from solvers.result import EncodeResult, SampleResult
+from solvers.sampling import SAMPLERS, register_sampler, sample
+# Conditional generation on the same samplers (solvers/inverse.py, solvers/conditional.py).
+from solvers.conditional import class_conditional, colorize, inpaint
+from solvers.inverse import (COLOR_BASIS, Blur, Colorization, FunctionOperator, LinearOperator, Mask,
+                             MatrixOperator, SuperResolution, linear_inverse, posterior_score)
+from solvers.classifier import (NoiseConditionalClassifier, classifier_grad_fn, load_classifier,
+                                mixture_classifier_grad_fn, save_classifier, train_classifier)
+
+
+def list_predictors():
+    return PREDICTORS.names()
+
+
+def list_correctors():
+    return CORRECTORS.names()
+
+
+def list_samplers():
+    return SAMPLERS.names()
+
+
+__all__ = ["COLOR_BASIS", "Blur", "Colorization", "FunctionOperator", "LinearOperator", "Mask",
+           "MatrixOperator", "SuperResolution", "posterior_score", "NoiseConditionalClassifier",
+           "classifier_grad_fn", "load_classifier", "mixture_classifier_grad_fn", "save_classifier",
+           "train_classifier", "CORRECTORS", "CountingScore", "EncodeResult", "GRIDS", "PREDICTORS", "SAMPLERS",
+           "SampleResult", "adaptive", "class_conditional", "coefficients", "colorize", "decode",
+           "denoise_tweedie", "dpm_solver_pp", "encode", "get_corrector", "get_grid",
+           "get_predictor", "heun", "inpaint", "integrate", "linear_inverse", "list_correctors",
+           "list_predictors", "list_samplers", "ode_sampler", "pc_sampler",
+           "probability_flow_drift", "register_corrector", "register_grid", "register_predictor",
+           "register_sampler", "sample", "with_steps"]

@@ -1,0 +1,32 @@
+"""Result objects of the samplers."""
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleResult:
+    """samples: [B, ...]; nfe: score evaluations per sample (the most any batch chunk took);
+    info: the sampler's settings and details (eps, steps, nfe of each batch chunk, ...).
+    Unpacks as `samples, nfe = result`."""
+
+    samples: torch.Tensor
+    nfe: int
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.samples, self.nfe))
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeResult:
+    """z: the latent x(T) of data x(eps) under the probability-flow ODE; nfe: score evaluations.
+    Unpacks as `z, nfe = result`."""
+
+    z: torch.Tensor
+    nfe: int
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.z, self.nfe))
