@@ -1,0 +1,65 @@
+"""Run logs: JSON lines (`log.jsonl`, one object per record) and TensorBoard when installed."""
+
+import json
+import math
+import os
+import time
+
+
+def _plain(v):
+    if hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class RunLogger:
+    """Appends records to `<workdir>/log.jsonl` (and TensorBoard scalars under
+    `<workdir>/tensorboard` if `torch.utils.tensorboard` imports). Disabled when `enabled` is
+    false (non-zero ranks)."""
+
+    def __init__(self, workdir, enabled=True, tensorboard=True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "log.jsonl")
+        self.writer = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.writer = None
+
+    def log(self, record, step=None):
+        if not self.enabled:
+            return
+        record = {k: _plain(v) for k, v in record.items()}
+        record.setdefault("time", time.time())
+        if step is not None:
+            record["step"] = int(step)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None and step is not None:
+            for k, v in record.items():
+                if k not in ("step", "time", "event") and isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, int(step))
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def read_log(path):
+    """The records of a log.jsonl file, skipping a truncated last line."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
