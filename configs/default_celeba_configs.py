@@ -1,67 +1,18 @@
-"""Defaults shared by the CelebA experiments (64x64 RGB, batch 128, 1.3M iterations)."""
+"""Defaults shared by the CelebA experiments (64x64 RGB, batch 128, 1.3M iterations): the
+CIFAR-10 defaults with CelebA's data, snr, evaluation range and sigma_max."""
 
 import ml_collections
 
-from configs._runtime import AUTO_DEVICE, runtime_defaults
+from configs.default_cifar10_configs import get_default_configs as cifar10_defaults
 
 
 def get_default_configs():
-    config = ml_collections.ConfigDict()
-    config.training = ml_collections.ConfigDict(dict(
-        batch_size=128,
-        n_iters=1300001,
-        snapshot_freq=50000,
-        log_freq=50,
-        eval_freq=100,
-        snapshot_freq_for_preemption=10000,
-        snapshot_sampling=True,
-        likelihood_weighting=False,
-        continuous=True,
-        reduce_mean=False,
-    ))
-    config.sampling = ml_collections.ConfigDict(dict(
-        n_steps_each=1,
-        noise_removal=True,
-        probability_flow=False,
-        snr=0.17,
-    ))
-    config.eval = ml_collections.ConfigDict(dict(
-        begin_ckpt=1,
-        end_ckpt=26,
-        batch_size=1024,
-        enable_sampling=True,
-        num_samples=50000,
-        enable_loss=True,
-        enable_bpd=False,
-        bpd_dataset='test',
-    ))
-    config.data = ml_collections.ConfigDict(dict(
-        dataset='CELEBA',
-        image_size=64,
-        random_flip=True,
-        uniform_dequantization=False,
-        centered=False,
-        num_channels=3,
-    ))
-    config.model = ml_collections.ConfigDict(dict(
-        sigma_max=90.,
-        sigma_min=0.01,
-        num_scales=1000,
-        beta_min=0.1,
-        beta_max=20.,
-        dropout=0.1,
-        embedding_type='fourier',
-    ))
-    config.optim = ml_collections.ConfigDict(dict(
-        weight_decay=0,
-        optimizer='Adam',
-        lr=2e-4,
-        beta1=0.9,
-        eps=1e-8,
-        warmup=5000,
-        grad_clip=1.,
-    ))
-    config.seed = 42
-    config.device = AUTO_DEVICE
-    config.runtime = runtime_defaults()
+    config = cifar10_defaults()
+    config.sampling.snr = 0.17
+    config.eval.begin_ckpt = 1
+    config.eval.enable_sampling = True
+    config.data.dataset = 'CELEBA'
+    config.data.image_size = 64
+    # sigma_max is a float here (an int for CIFAR-10): rebuild the section to change its type.
+    config.model = ml_collections.ConfigDict(dict(config.model.to_dict(), sigma_max=90.))
     return config

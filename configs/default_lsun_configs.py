@@ -1,67 +1,22 @@
-"""Defaults shared by the 256x256 experiments (LSUN, CelebA-HQ, FFHQ; batch 64, 2.4M iterations)."""
+"""Defaults shared by the 256x256 experiments (LSUN, CelebA-HQ, FFHQ; batch 64, 2.4M
+iterations): the CIFAR-10 defaults with these differences."""
 
-import ml_collections
-
-from configs._runtime import AUTO_DEVICE, runtime_defaults
+from configs.default_cifar10_configs import get_default_configs as cifar10_defaults
 
 
 def get_default_configs():
-    config = ml_collections.ConfigDict()
-    config.training = ml_collections.ConfigDict(dict(
-        batch_size=64,
-        n_iters=2400001,
-        snapshot_freq=50000,
-        log_freq=50,
-        eval_freq=100,
-        snapshot_freq_for_preemption=5000,
-        snapshot_sampling=True,
-        likelihood_weighting=False,
-        continuous=True,
-        reduce_mean=False,
-    ))
-    config.sampling = ml_collections.ConfigDict(dict(
-        n_steps_each=1,
-        noise_removal=True,
-        probability_flow=False,
-        snr=0.075,
-    ))
-    config.eval = ml_collections.ConfigDict(dict(
-        begin_ckpt=50,
-        end_ckpt=96,
-        batch_size=512,
-        enable_sampling=True,
-        num_samples=50000,
-        enable_loss=True,
-        enable_bpd=False,
-        bpd_dataset='test',
-    ))
-    config.data = ml_collections.ConfigDict(dict(
-        dataset='LSUN',
-        image_size=256,
-        random_flip=True,
-        uniform_dequantization=False,
-        centered=False,
-        num_channels=3,
-    ))
-    config.model = ml_collections.ConfigDict(dict(
-        sigma_max=378,
-        sigma_min=0.01,
-        num_scales=2000,
-        beta_min=0.1,
-        beta_max=20.,
-        dropout=0.,
-        embedding_type='fourier',
-    ))
-    config.optim = ml_collections.ConfigDict(dict(
-        weight_decay=0,
-        optimizer='Adam',
-        lr=2e-4,
-        beta1=0.9,
-        eps=1e-8,
-        warmup=5000,
-        grad_clip=1.,
-    ))
-    config.seed = 42
-    config.device = AUTO_DEVICE
-    config.runtime = runtime_defaults()
+    config = cifar10_defaults()
+    config.training.batch_size = 64
+    config.training.n_iters = 2400001
+    config.training.snapshot_freq_for_preemption = 5000
+    config.sampling.snr = 0.075
+    config.eval.begin_ckpt = 50
+    config.eval.end_ckpt = 96
+    config.eval.batch_size = 512
+    config.eval.enable_sampling = True
+    config.data.dataset = 'LSUN'
+    config.data.image_size = 256
+    config.model.sigma_max = 378
+    config.model.num_scales = 2000
+    config.model.dropout = 0.
     return config

@@ -14,6 +14,9 @@ Commands (``python -m sde_lib.run COMMAND --help`` lists each one's options):
     eval        evaluation losses (and bits/dim, samples) of the workdir's checkpoints
     likelihood  bits/dim of a data split under a checkpoint
     advise      NCSNv2 noise-schedule advisor (``sde_lib.advisor``)
+    inpaint     inpaint images of a split with a checkpoint (before/after PNG grids)
+    colorize    colorize grey versions of images of a split
+    conditional class-conditional sampling with a noise-conditional classifier
 
 The original's flag form ``--mode train|eval`` is accepted too. ``--config`` takes a config name
 (``ve/cifar10_ncsnpp_continuous``, ``builtin/digits_ve``) or a file; ``--config.x.y=value``
@@ -52,6 +55,9 @@ COMMANDS = {
     "eval": ("training.commands", "EVAL"),
     "likelihood": ("training.commands", "LIKELIHOOD"),
     "advise": ("sde_lib.advisor", "main"),
+    "inpaint": ("sde_lib.controllable", "INPAINT"),
+    "colorize": ("sde_lib.controllable", "COLORIZE"),
+    "conditional": ("sde_lib.controllable", "CONDITIONAL"),
 }
 
 
