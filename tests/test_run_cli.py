@@ -115,3 +115,33 @@ def test_sample_command_on_an_original_checkpoint(tmp_path):
     assert code == 0
     with np.load(tmp_path / "orig.npz") as z:
         assert z["samples"].shape == (2, 16, 16, 3)
+
+
+def test_sampler_options_follow_the_sampler():
+    import configs
+    from training.sampling import sampling_options
+    c = configs.get_config("builtin/digits_ve")
+    c.sampling.steps = 7
+    assert sampling_options(c)["steps"] == 7 and sampling_options(c)["sampler"] == "pc"
+    ode = sampling_options(c, sampler="ode")  # the adaptive ODE solver takes no step count
+    assert ode["sampler"] == "ode" and "steps" not in ode
+    assert sampling_options(c, sampler="heun", steps=3)["steps"] == 3
+
+
+def test_sample_command_with_a_fast_sampler(trained, tmp_path):
+    code = run.main(["sample", "--workdir", str(trained), "--sampler", "dpm_solver++",
+                     "--steps", "3", "-n", "4", "--out", str(tmp_path), "--stem", "fast",
+                     "--no-progress"])
+    assert code == 0
+    info = json.loads((tmp_path / "fast.json").read_text())
+    assert info["options"]["sampler"] == "dpm_solver++" and info["nfe"] <= 5
+
+
+@pytest.mark.parametrize("sde", ["vp", "subvp"])
+def test_main_job_for_the_other_sdes(sde, tmp_path):
+    code = run.main(["--sde", sde, "--sampler", "pc", "--quick", "-n", "4", "--workdir",
+                     str(tmp_path), *TINY])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["sde"] == {"vp": "vpsde", "subvp": "subvpsde"}[sde]
+    assert (tmp_path / "samples.png").is_file()

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 
 import torch
@@ -38,15 +39,10 @@ def load_run_config(args):
     if args.seed is not None:
         config.seed = args.seed
     if overrides:
-        config = _apply_overrides(configs, config, overrides)
+        config = configs.load_config(config, overrides)
     if args.quick:
         quick(config)
     return config
-
-
-def _apply_overrides(configs, config, overrides):
-    """--config.x.y=value items applied on top of a loaded config."""
-    return configs.load_config(config, overrides)
 
 
 def quick(config):
@@ -58,13 +54,18 @@ def quick(config):
     tr.snapshot_freq = tr.snapshot_freq_for_preemption = 10
     tr.snapshot_sampling = False
     config.optim.warmup = min(int(config.optim.warmup), 5)
-    config.sampling.steps = 10
+    config.sampling.steps = 25  # VP/sub-VP DDPM betas beta_max / steps stay below 1
     return config
 
 
 def default_workdir(args):
-    name = config_name(args).replace("/", "_").replace(".py", "")
-    return args.workdir or os.path.join("runs", name)
+    """--workdir, else runs/<config name with '/' -> '_'> (e.g. runs/builtin_digits_ve)."""
+    if args.workdir:
+        return args.workdir
+    name = os.path.splitext(config_name(args).replace("\\", "/"))[0].strip("./")
+    if name.startswith("configs/"):
+        name = name[len("configs/"):]
+    return os.path.join("runs", re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
 
 
 def _device(args, config=None):
@@ -146,6 +147,9 @@ def run_main(args):
     if result["status"] != "done":
         print(f"training {result['status']} at step {result['step']}; rerun to resume")
         return 1
+    if result["start_step"] == result["step"]:
+        print(f"{workdir} is already trained to step {result['step']}: sampling only "
+              f"(a fresh --workdir trains anew)")
     model, ema, sde = result["model"], result["ema"], result["sde"]
     t1, c1 = time.time(), time.process_time()
     with ema_weights(model, ema):
@@ -270,7 +274,7 @@ def config_for_checkpoint(args, path):
         stored.seed = args.seed
     if args.config_overrides:
         import configs
-        stored = _apply_overrides(configs, stored, args.config_overrides)
+        stored = configs.load_config(stored, args.config_overrides)
     if args.quick:
         quick(stored)
     return stored

@@ -3,22 +3,31 @@
 import torch
 
 
+def _accepts(sampler, name):
+    """Whether the solvers sampler `sampler` takes the keyword `name`."""
+    import inspect
+    import solvers
+    params = inspect.signature(solvers.SAMPLERS.get(sampler)).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def sampling_options(config, **overrides):
     """Keyword arguments of `solvers.sample` from `config.sampling`, then `overrides` (None
     values are ignored): sampler <- method, predictor, corrector, snr,
-    n_corrector_steps <- n_steps_each, denoise <- noise_removal, probability_flow."""
+    n_corrector_steps <- n_steps_each, denoise <- noise_removal; steps and probability_flow
+    only where the sampler takes them (explicit overrides are passed as they are)."""
     s = config.sampling
     opts = {
-        "sampler": str(s.get("method", "pc")).lower(),
+        "sampler": str(overrides.pop("sampler", None) or s.get("method", "pc")).lower(),
         "predictor": s.get("predictor", "reverse_diffusion"),
         "corrector": s.get("corrector", "langevin"),
         "snr": float(s.get("snr", 0.16)),
         "n_corrector_steps": int(s.get("n_steps_each", 1)),
         "denoise": bool(s.get("noise_removal", True)),
     }
-    if s.get("probability_flow", False):
+    if s.get("probability_flow", False) and _accepts(opts["sampler"], "probability_flow"):
         opts["probability_flow"] = True
-    if s.get("steps", None):
+    if s.get("steps", None) and _accepts(opts["sampler"], "steps"):
         opts["steps"] = int(s.steps)
     opts.update({k: v for k, v in overrides.items() if v is not None})
     return opts

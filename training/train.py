@@ -30,7 +30,7 @@ from training.checkpoints import (meta_path, periodic_path, restore_training_sta
                                   save_training_state)
 from training.data import load_dataset
 from training.distributed import all_reduce_mean, any_process, barrier, init_distributed
-from training.logs import RunLogger
+from training.logs import RunLogger, read_log
 from training.losses import get_loss_fn
 from training.optim import get_optimizer, optimize_step
 from training.pipeline import BatchOrder, augment, get_images, mix_seed, shard_slice
@@ -107,7 +107,7 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
     """Train (or resume) as `config` says, writing into `workdir`. Returns a summary dict.
 
     stop_after: return after this many steps of this call (the run stays resumable)."""
-    from networks.runtime import RuntimeOptions, restore_fast_math, set_fast_math
+    from networks.runtime import RuntimeOptions, fast_math
     from sde_lib import get_sde
 
     info = info or init_distributed(device=device)
@@ -151,7 +151,6 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
     barrier(info)
 
     net = wrap_for_training(model, options, info)
-    fast_math_state = set_fast_math(options, device)
 
     def checkpoint_extra():
         out = {"data_order": order.state_dict()}
@@ -183,7 +182,7 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
     last_loss, status = float("nan"), "done"
     log_freq = int(tr.get("log_freq", 50))
 
-    with _StopFlag() as stop:
+    with _StopFlag() as stop, fast_math(options, device):
         while step < n_iters:
             if stop_after is not None and step - start_step >= stop_after:
                 status = "stopped"
@@ -263,9 +262,11 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
     if status != "done" and info.is_main:
         save_training_state(meta_path(workdir), model, config, ema, optimizer, step,
                             checkpoint_extra())
-    restore_fast_math(fast_math_state)
     if bar is not None:
         bar.close()
+    if math.isnan(last_loss) and info.is_main:  # nothing left to train: the logged last loss
+        done = [r for r in read_log(logger.path) if r.get("event") == "train"]
+        last_loss = float(done[-1]["loss"]) if done else last_loss
     elapsed = time.time() - t_start
     summary = {"status": status, "step": step, "start_step": start_step, "n_iters": n_iters,
                "final_loss": last_loss, "train_seconds": elapsed,
