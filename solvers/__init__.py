@@ -13,6 +13,7 @@ Modules: predictors, correctors, pc, ode, fast (heun, dpm_solver++), adaptive, g
 """
 
 from solvers.adaptive import adaptive
+from solvers.annealed import annealed_inpaint, annealed_langevin, annealed_levels, from_advice
 from solvers.common import CountingScore, coefficients, denoise_tweedie, with_steps
 from solvers.correctors import CORRECTORS, get_corrector, register_corrector
 from solvers.fast import dpm_solver_pp, heun
@@ -42,7 +43,8 @@ def list_samplers():
     return SAMPLERS.names()
 
 
-__all__ = ["COLOR_BASIS", "Blur", "Colorization", "FunctionOperator", "LinearOperator", "Mask",
+__all__ = ["annealed_inpaint", "annealed_langevin", "annealed_levels", "from_advice",
+           "COLOR_BASIS", "Blur", "Colorization", "FunctionOperator", "LinearOperator", "Mask",
            "MatrixOperator", "SuperResolution", "posterior_score", "NoiseConditionalClassifier",
            "classifier_grad_fn", "load_classifier", "mixture_classifier_grad_fn", "save_classifier",
            "train_classifier", "CORRECTORS", "CountingScore", "EncodeResult", "GRIDS", "PREDICTORS", "SAMPLERS",
