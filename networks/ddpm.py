@@ -12,9 +12,8 @@ import torch
 import torch.nn as nn
 
 from networks import layers
-from networks.ncsnpp import check_unused_switches, time_condition_batch
+from networks.ncsnpp import time_condition_batch, unet_settings
 from networks.registry import register_model
-from networks.utils import get_act, get_sigmas
 
 
 @register_model(name='ddpm')
@@ -25,22 +24,10 @@ class DDPM(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        m = config.model
-        check_unused_switches(m)
-        self.act = act = get_act(config)
-        self.register_buffer('sigmas', torch.tensor(get_sigmas(config)))
-
-        self.nf = nf = int(m.nf)
-        ch_mult = tuple(m.ch_mult)
-        self.num_res_blocks = num_res_blocks = int(m.num_res_blocks)
-        self.attn_resolutions = attn_resolutions = tuple(m.attn_resolutions)
-        self.num_resolutions = num_resolutions = len(ch_mult)
-        self.all_resolutions = [config.data.image_size // (2 ** i) for i in range(num_resolutions)]
-        self.attn_at_level = [r in attn_resolutions for r in self.all_resolutions]
-        self.conditional = conditional = bool(m.conditional)
-        self.centered = bool(config.data.centered)
-        self.scale_by_sigma = bool(m.scale_by_sigma)
-        self.num_channels = channels = int(config.data.num_channels)
+        m = unet_settings(self, config)
+        act, nf, ch_mult = self.act, self.nf, self.ch_mult
+        num_res_blocks, num_resolutions = self.num_res_blocks, self.num_resolutions
+        conditional, channels = self.conditional, self.num_channels
         resamp_with_conv = bool(m.resamp_with_conv)
         bad = [nf * c for c in (1,) + ch_mult if (nf * c) % 32]
         if bad:

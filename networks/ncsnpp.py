@@ -56,6 +56,26 @@ def time_condition_batch(time_cond, x):
                          f"{tuple(time_cond.shape)}")
     return time_cond
 
+def unet_settings(net, config):
+    """Set the attributes NCSN++ and DDPM share (activation, the `sigmas` buffer, widths,
+    resolutions, switches) on `net`; returns `config.model`."""
+    m = config.model
+    check_unused_switches(m)
+    net.act = get_act(config)
+    net.register_buffer('sigmas', torch.tensor(get_sigmas(config)))
+    net.nf = int(m.nf)
+    net.ch_mult = tuple(m.ch_mult)
+    net.num_res_blocks = int(m.num_res_blocks)
+    net.attn_resolutions = tuple(m.attn_resolutions)
+    net.num_resolutions = len(net.ch_mult)
+    net.all_resolutions = [config.data.image_size // (2 ** i) for i in range(net.num_resolutions)]
+    net.attn_at_level = [r in net.attn_resolutions for r in net.all_resolutions]
+    net.conditional = bool(m.conditional)
+    net.centered = bool(config.data.centered)
+    net.scale_by_sigma = bool(m.scale_by_sigma)
+    net.num_channels = int(config.data.num_channels)
+    return m
+
 
 @register_model(name='ncsnpp')
 class NCSNpp(nn.Module):
@@ -64,22 +84,10 @@ class NCSNpp(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        m = config.model
-        check_unused_switches(m)
-        self.act = act = get_act(config)
-        self.register_buffer('sigmas', torch.tensor(get_sigmas(config)))
-
-        self.nf = nf = int(m.nf)
-        ch_mult = tuple(m.ch_mult)
-        self.num_res_blocks = num_res_blocks = int(m.num_res_blocks)
-        self.attn_resolutions = attn_resolutions = tuple(m.attn_resolutions)
-        self.num_resolutions = num_resolutions = len(ch_mult)
-        self.all_resolutions = [config.data.image_size // (2 ** i) for i in range(num_resolutions)]
-        self.attn_at_level = [r in attn_resolutions for r in self.all_resolutions]
-        self.conditional = conditional = bool(m.conditional)
-        self.centered = bool(config.data.centered)
-        self.scale_by_sigma = bool(m.scale_by_sigma)
-        self.num_channels = channels = int(config.data.num_channels)
+        m = unet_settings(self, config)
+        act, nf, ch_mult = self.act, self.nf, self.ch_mult
+        num_res_blocks, num_resolutions = self.num_res_blocks, self.num_resolutions
+        conditional, channels = self.conditional, self.num_channels
         fir, fir_kernel = bool(m.fir), tuple(m.fir_kernel)
         self.skip_rescale = skip_rescale = bool(m.skip_rescale)
         self.resblock_type = resblock_type = _choice(m.resblock_type, _RESBLOCKS, 'resblock_type')
