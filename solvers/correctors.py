@@ -14,7 +14,7 @@ import torch
 
 from sde_lib import expand_to
 from solvers.common import coefficients, randn_like
-from solvers.registry import Registry
+from sde_lib.registry import Registry
 
 CORRECTORS = Registry("corrector")
 

@@ -18,7 +18,7 @@ Register another with `@register_grid("name")`: grid(sde, steps, eps, **options)
 import torch
 
 from solvers.common import coefficients
-from solvers.registry import Registry
+from sde_lib.registry import Registry
 
 GRIDS = Registry("time grid")
 

@@ -18,7 +18,7 @@ import torch
 
 from sde_lib import VESDE, VPSDE, expand_to
 from solvers.common import coefficients, randn_like
-from solvers.registry import Registry
+from sde_lib.registry import Registry
 
 PREDICTORS = Registry("predictor")
 

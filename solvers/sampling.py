@@ -21,7 +21,7 @@ from solvers.fast import dpm_solver_pp, heun
 from solvers.ode import ode_sampler
 from solvers.pc import pc_sampler
 from solvers.predictors import get_predictor
-from solvers.registry import Registry
+from sde_lib.registry import Registry
 from solvers.result import SampleResult
 
 SAMPLERS = Registry("sampler")

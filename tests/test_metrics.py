@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training import digits_features as dfeat
-from training.metrics import (
+from evaluation import digits_features as dfeat
+from evaluation.metrics import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILE,
     classifier_score,

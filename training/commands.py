@@ -197,7 +197,7 @@ def _quality(images, config, args):
 def _add_metrics_argument(parser):
     parser.add_argument("--metrics", action="store_true",
                         help="also compute sample-quality metrics (DIGITS: the offline digits "
-                        "classifier's FID/KID/score, training.digits_features; otherwise "
+                        "classifier's FID/KID/score, evaluation.digits_features; otherwise "
                         "FID/IS/KID through torch-fidelity when installed)")
 
 
@@ -414,14 +414,14 @@ def run_eval(args):
 
 
 def _sample_metrics(images, config, args):
-    """Sample-quality metrics from `training.metrics` where available (digits: the offline
+    """Sample-quality metrics from `evaluation.metrics` where available (digits: the offline
     classifier features; otherwise FID/IS/KID through torch-fidelity if installed)."""
     try:
         if str(config.data.dataset).upper() == "DIGITS":
-            from training.digits_features import digits_metrics
+            from evaluation.digits_features import digits_metrics
             return {"metrics": digits_metrics(images)}
         from training.data import load_dataset
-        from training.metrics import fidelity_metrics
+        from evaluation.metrics import fidelity_metrics
         ref = load_dataset(config, "train", data_dir=args.data_dir)
         return {"metrics": fidelity_metrics(images, ref)}
     except (ImportError, RuntimeError, ValueError, OSError) as e:  # optional: say why missing

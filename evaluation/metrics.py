@@ -8,7 +8,7 @@ Two layers:
 * Plain statistics on *any* features, no torch-fidelity needed: `feature_statistics`,
   `frechet_distance` (Heusel et al. 2017), `polynomial_mmd2` / `kernel_distance` (the unbiased MMD^2
   of KID, Binkowski et al. 2018) and `classifier_score` (the Inception Score formula on any
-  classifier's probabilities, Salimans et al. 2016). `training.digits_features` uses them with a
+  classifier's probabilities, Salimans et al. 2016). `evaluation.digits_features` uses them with a
   small classifier trained on the built-in digits, which needs no download.
 
 FID depends on the sample count, the reference set and the seed (PITFALLS.md): every result dict
@@ -349,7 +349,7 @@ def _import_torch_fidelity():
         raise ImportError(
             f"FID/IS/KID with Inception features need the optional package torch-fidelity, which is "
             f"not installed ({e}). Install it with:\n    {INSTALL_HINT}\n"
-            f"Offline and for the built-in digits, training.digits_features gives a Frechet/kernel "
+            f"Offline and for the built-in digits, evaluation.digits_features gives a Frechet/kernel "
             f"distance in the features of a small digits classifier instead.") from e
     return torch_fidelity
 

@@ -19,7 +19,7 @@ held-out accuracy and a fingerprint of its weights. Images: [N, 8, 8], [N, 1, H,
 .npz file; sizes other than 8x8 (e.g. the 16x16 of the digits configs) are area-resized to 8x8.
 
 Cache: $SCORE_SDE_CACHE, else $XDG_CACHE_HOME/score_sde_toolkit, else ~/.cache/score_sde_toolkit.
-`python -m training.digits_features` trains (or loads) the classifier and prints reference figures.
+`python -m evaluation.digits_features` trains (or loads) the classifier and prints reference figures.
 """
 
 import hashlib
@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.metrics import (as_nchw, check_float_range, classifier_score, fid_from_features,
+from evaluation.metrics import (as_nchw, check_float_range, classifier_score, fid_from_features,
                               kernel_distance, load_images)
 
 CACHE_ENV = "SCORE_SDE_CACHE"
@@ -91,7 +91,7 @@ def prepare_digits(images, name="images"):
     """Any image source -> float32 [N, 1, 8, 8] in [0, 1], the classifier's input.
 
     Tensors/arrays: [N, H, W], [N, C, H, W] or [N, H, W, C] with C in {1, 3}; uint8 (/255) or float
-    in [0, 1] (clipped). Folders and .npz files go through `training.metrics.load_images`.
+    in [0, 1] (clipped). Folders and .npz files go through `evaluation.metrics.load_images`.
     Colour -> grey by the channel mean; other sizes -> 8x8 by area averaging.
     """
     if not torch.is_tensor(images) and not isinstance(images, np.ndarray):
@@ -306,7 +306,7 @@ def _pair(samples, reference, classifier):
 
 def digits_fid(samples, reference="train", *, classifier=None):
     """Frechet distance between samples and `reference` ('train', 'test', 'all' or images) in the
-    digits classifier's features (`training.metrics.frechet_distance`)."""
+    digits classifier's features (`evaluation.metrics.frechet_distance`)."""
     f1, _, f2, _, _ = _pair(samples, reference, classifier)
     return fid_from_features(f1, f2)
 
@@ -314,7 +314,7 @@ def digits_fid(samples, reference="train", *, classifier=None):
 def digits_kid(samples, reference="train", *, classifier=None, subsets=100, subset_size=1000,
                generator=None):
     """KID (unbiased cubic-kernel MMD^2) in the digits classifier's features: (mean, std) over
-    subsets (`training.metrics.kernel_distance`)."""
+    subsets (`evaluation.metrics.kernel_distance`)."""
     f1, _, f2, _, _ = _pair(samples, reference, classifier)
     return kernel_distance(f1, f2, subsets=subsets, subset_size=subset_size, generator=generator)
 
