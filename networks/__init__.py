@@ -12,10 +12,9 @@ Models (`config.model.name`): 'ncsnpp' (NCSN++ and DDPM++), 'ddpm', 'ncsn', 'ncs
 'ncsnv2_128', 'ncsnv2_256' (aliases 'ncsnv2', 'ncsnv2_deeper', 'ncsnv2_deepest').
 """
 
-import importlib
-
 import torch
 
+from networks import ddpm, ncsnpp, ncsnv2  # noqa: F401  (importing them registers the models)
 from networks.checkpoint import (FORMAT, CheckpointError, load_checkpoint, load_state,
                                  read_checkpoint, save_checkpoint)
 from networks.ema import ExponentialMovingAverage
@@ -23,20 +22,6 @@ from networks.registry import get_model_class, model_names, register_model
 from networks.runtime import (RuntimeOptions, fused_adam_kwargs, network_fn, prepare_model,
                               restore_fast_math, set_fast_math, unwrap_model)
 from networks.score import ScoreFunction, get_score_fn
-
-# Modules whose import registers models. One that is absent is reported when its model is asked
-# for (any other import error propagates at once).
-_MODEL_MODULES = {'ncsnpp': ('ncsnpp',), 'ddpm': ('ddpm',),
-                  'ncsnv2': ('ncsn', 'ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256', 'ncsnv2',
-                             'ncsnv2_deeper', 'ncsnv2_deepest')}
-_ABSENT = {}
-for _module, _names in _MODEL_MODULES.items():
-    try:
-        importlib.import_module(f'networks.{_module}')
-    except ModuleNotFoundError as _e:
-        if _e.name != f'networks.{_module}':
-            raise
-        _ABSENT.update({n: f'networks/{_module}.py' for n in _names})
 
 
 def _resolve_device(device):
@@ -52,11 +37,7 @@ def _resolve_device(device):
 def create_model(config, device=None):
     """The network named by `config.model.name`, built from `config`, on `device` (default
     `config.device`: 'auto' means CUDA when available, else CPU). No DataParallel wrapper."""
-    name = config.model.name
-    if name in _ABSENT and name not in model_names():
-        raise KeyError(f"model {name!r} lives in {_ABSENT[name]}, which is not present in this "
-                       f"installation")
-    model = get_model_class(name)(config)
+    model = get_model_class(config.model.name)(config)
     if device is None:
         device = config.get('device', 'auto')
     return model.to(_resolve_device(device))

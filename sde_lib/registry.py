@@ -10,6 +10,14 @@ touching the code that looks it up.
 """
 
 
+class UnknownNameError(KeyError, ValueError):
+    """A lookup of a name nobody registered. Both a KeyError (a missing key) and a ValueError (a
+    bad setting), so callers may catch either."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
 class Registry:
     """A mapping name -> callable whose lookups fail with the list of known names."""
 
@@ -40,8 +48,8 @@ class Registry:
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            raise ValueError(f"unknown {self.kind} {name!r}; known: "
-                             f"{', '.join(self.names())}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: "
+                                   f"{', '.join(self.names())}") from None
 
     def names(self):
         return sorted(self._items)

@@ -36,34 +36,27 @@ import math
 
 import torch
 
+from sde_lib.registry import Registry, UnknownNameError
 from sde_lib.sdes import VESDE, VPSDE, expand_to
 
-_OBJECTIVES = {}
+OBJECTIVES = Registry("objective")
 
 
 def register_objective(name, fn=None):
     """Register `fn` under `name` (usable as a decorator); names are unique."""
-
-    def _register(f):
-        if name in _OBJECTIVES:
-            raise ValueError(f"objective {name!r} is already registered")
-        _OBJECTIVES[name] = f
-        return f
-
-    return _register if fn is None else _register(fn)
+    return OBJECTIVES.register(name, fn)
 
 
 def objective_names():
-    return sorted(_OBJECTIVES)
+    return OBJECTIVES.names()
 
 
 def get_objective(name, **options):
     """The objective registered as `name`, with `options` bound as keyword defaults."""
-    if name not in _OBJECTIVES:
-        hint = (" ('dsm' is registered by training.losses; import it first)"
-                if name == "dsm" else "")
-        raise KeyError(f"unknown objective {name!r}; known: {objective_names()}{hint}")
-    fn = _OBJECTIVES[name]
+    if name == "dsm" and name not in OBJECTIVES:
+        raise UnknownNameError("objective 'dsm' is registered by training.losses; import it "
+                               f"first (known: {', '.join(objective_names())})")
+    fn = OBJECTIVES.get(name)
     return functools.partial(fn, **options) if options else fn
 
 
