@@ -19,7 +19,7 @@ Cases (`--what`):
            predictor/corrector/snr and `--steps` (default N), 'heun'/'dpm_solver++' with their
            default steps or `--fast-steps`;
   precision  "same numbers": the fast path's score against fp32 (relative L2 and max errors) on
-           the shared NCSN++ fixture and on the config's full-size network (random weights,
+           the NCSN++ fixture in tests/data and on the config's full-size network (random weights,
            `--batch` images), and samplers and the likelihood driven by an exact-score Gaussian
            whose two matmuls run under the same autocast (`GaussianNoiseNet`): distribution
            errors, NFE of the adaptive solvers, log-likelihood error. Not part of 'all'.
@@ -60,8 +60,7 @@ from sde_lib import VESDE, VPSDE, get_sde, oracle
 
 BASELINE = RuntimeOptions()
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE_DIRS = [ROOT / "tests" / "data" / "score_sde_pytorch",
-                ROOT.parent / "shared" / "fixtures" / "score_sde_pytorch"]
+FIXTURE_DIR = ROOT / "tests" / "data" / "score_sde_pytorch"  # original code's NCSN++ and outputs
 
 
 def parse_args(argv=None):
@@ -459,29 +458,28 @@ def run_precision(bench, rows):
     device, fast = bench.device, bench.fast
     fmt_rel = lambda e: f"rel L2 {e[0]:.2e}, rel max {e[1]:.2e}"  # noqa: E731
     out = []
-    for d in FIXTURE_DIRS:
-        if (d / "index.json").is_file():
-            entry = json.loads((d / "index.json").read_text())["ve_ncsnpp_cifar"]
-            config = configs.load_config(entry["config_module"], entry["overrides"])
-            io = torch.load(d / "ve_ncsnpp_cifar.io.pt", weights_only=True)
-            m = config.model
-            sde = VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
-            x, t = io["x"].to(device), io["t"].to(device)
-            scores = {}
-            for path, options in (("fp32", BASELINE), ("fast", fast)):
-                model = networks.load_checkpoint(d / "ve_ncsnpp_cifar.pth", config, ema=True,
-                                                 map_location=device)
-                model = runtime.prepare_model(model.eval(), options)
-                with torch.no_grad(), runtime.fast_math(options, device):
-                    scores[path] = networks.get_score_fn(sde, model, entry["continuous"],
-                                                         **options.score_options())(x, t)
-            ref = io["score_ema"].to(device)
-            out.append(("fixture NCSN++ (VE, 16x16, trained) score vs fp32 eager", "0",
-                        fmt_rel(rel_errors(scores["fast"], scores["fp32"]))))
-            out.append(("fixture score vs the original code's fp32 outputs",
-                        fmt_rel(rel_errors(scores["fp32"], ref)),
-                        fmt_rel(rel_errors(scores["fast"], ref))))
-            break
+    d = FIXTURE_DIR
+    if (d / "index.json").is_file():
+        entry = json.loads((d / "index.json").read_text())["ve_ncsnpp_cifar"]
+        config = configs.load_config(entry["config_module"], entry["overrides"])
+        io = torch.load(d / "ve_ncsnpp_cifar.io.pt", weights_only=True)
+        m = config.model
+        sde = VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+        x, t = io["x"].to(device), io["t"].to(device)
+        scores = {}
+        for path, options in (("fp32", BASELINE), ("fast", fast)):
+            model = networks.load_checkpoint(d / "ve_ncsnpp_cifar.pth", config, ema=True,
+                                             map_location=device)
+            model = runtime.prepare_model(model.eval(), options)
+            with torch.no_grad(), runtime.fast_math(options, device):
+                scores[path] = networks.get_score_fn(sde, model, entry["continuous"],
+                                                     **options.score_options())(x, t)
+        ref = io["score_ema"].to(device)
+        out.append(("fixture NCSN++ (VE, 16x16, trained) score vs fp32 eager", "0",
+                    fmt_rel(rel_errors(scores["fast"], scores["fp32"]))))
+        out.append(("fixture score vs the original code's fp32 outputs",
+                    fmt_rel(rel_errors(scores["fp32"], ref)),
+                    fmt_rel(rel_errors(scores["fast"], ref))))
     else:
         out.append(("fixture NCSN++", "not found", "not found"))
 

@@ -11,15 +11,17 @@ Both are a dict written by `torch.save`:
 Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, never
 arbitrary objects. Loading is strict: a checkpoint that does not fit the config is an error
 listing the missing, unexpected and mis-shaped keys, never a partial load. Files are written
-atomically (a temporary file in the same folder, then `os.replace`).
+atomically (`sde_lib.fileio.atomic_write`: a temporary file in the same folder, then
+`os.replace`).
 """
 
 import math
 import os
 import pickle
-import uuid
 
 import torch
+
+from networks.runtime import unwrap_model
 
 FORMAT = 'sde_toolkit/1'
 _DP_PREFIX = 'module.'
@@ -62,18 +64,6 @@ def read_checkpoint(path, map_location='cpu'):
         raise CheckpointError(f"checkpoint file {path!r} holds {what}, not a score-model "
                               f"checkpoint (a dict with 'model', 'ema', 'optimizer', 'step')")
     return ckpt
-
-
-def unwrap(model):
-    """The network inside DataParallel/DistributedDataParallel (`.module`) and torch.compile
-    (`._orig_mod`) wrappers, whose state-dict keys carry extra prefixes."""
-    while True:
-        inner = getattr(model, 'module', None)
-        if not isinstance(inner, torch.nn.Module):
-            inner = getattr(model, '_orig_mod', None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
 
 
 def is_toolkit_checkpoint(ckpt):
@@ -236,7 +226,7 @@ def load_state(path, model, ema=None, optimizer=None, map_location='cpu'):
     ({} for original checkpoints)."""
     what = f"checkpoint {os.fspath(path)!r}"
     ckpt = read_checkpoint(path, map_location=map_location)
-    target = unwrap(model)
+    target = unwrap_model(model)
     load_model_state(target, model_state(ckpt), what)
     if ema is not None:
         if ckpt.get('ema') is None:
@@ -283,7 +273,7 @@ def save_checkpoint(path, model, config, ema=None, optimizer=None, step=0, extra
     ExponentialMovingAverage or its state dict; `extra` is plain data (tensors, numbers,
     strings, lists, dicts) stored as it is."""
     path = os.fspath(path)
-    target = unwrap(model)
+    target = unwrap_model(model)
     ema_state = ema.state_dict() if hasattr(ema, 'state_dict') else ema
     if config is not None:
         import configs
@@ -302,18 +292,6 @@ def save_checkpoint(path, model, config, ema=None, optimizer=None, step=0, extra
     _check_plain(ckpt['extra'], 'extra')
     _check_plain(ckpt['optimizer'], 'optimizer state')
     _check_plain(ckpt['ema'], 'ema state')
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-                               f".tmp")
-    try:
-        with open(tmp, 'xb') as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from sde_lib.fileio import save_torch
+    save_torch(ckpt, path)  # temp file, fsync, os.replace, directory fsync
     return path

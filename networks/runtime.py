@@ -36,6 +36,7 @@ SMLD/DDPM losses, which call the network directly).
 
 import contextlib
 import dataclasses
+import sys
 
 import torch
 
@@ -178,8 +179,19 @@ def prepare_model(model, options):
 
 
 def unwrap_model(model):
-    """The module under a torch.compile wrapper (the model itself when not compiled)."""
-    return getattr(model, '_orig_mod', model)
+    """The network inside DataParallel / DistributedDataParallel (`.module`) and torch.compile
+    (`._orig_mod`) wrappers, however nested; any other module as it is. The wrappers' state-dict
+    keys carry extra prefixes ('module.', '_orig_mod.'); the network's own do not."""
+    parallel = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while True:
+        # A compiled module exists only once torch._dynamo is loaded: no import here.
+        dynamo = sys.modules.get('torch._dynamo.eval_frame')
+        if isinstance(model, parallel):
+            model = model.module
+        elif dynamo is not None and isinstance(model, dynamo.OptimizedModule):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _tf32_switches():

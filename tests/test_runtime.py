@@ -3,7 +3,7 @@ fused-Adam arguments, and the benchmark script's CPU smoke run.
 
 Error bounds below were measured first on this CPU (torch 2.13, 1 thread; see
 benchmarks/RESULTS.md, "GPU fast path") and set at about twice the measured value:
-  shared fixture (NCSN++ VE, Fourier embedding, trained weights): bf16 vs fp32 score,
+  the score_sde_pytorch fixture (NCSN++ VE, Fourier embedding, trained weights): bf16 vs fp32 score,
     relative L2 0.0072, relative max 0.0104;
   full-width DDPM++ (vp/cifar10_ddpmpp_continuous, random init, one 32x32 image): rel L2 0.0063;
   exact-score Gaussian sampled through a real autocast matmul: per-sample Heun trajectories
@@ -18,16 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import configs
 import networks
+from benchmarks import gpu
 from networks import get_score_fn, runtime
 from networks.runtime import RuntimeOptions
 from sde_lib import VESDE, VPSDE, oracle
 
-configs = pytest.importorskip("configs")
-
-HERE = Path(__file__).resolve().parent
-FIXTURE_DIRS = [HERE / "data" / "score_sde_pytorch",
-                HERE.parents[0].parent / "shared" / "fixtures" / "score_sde_pytorch"]
+FIXTURE_DIR = Path(__file__).resolve().parent / "data" / "score_sde_pytorch"
 NAME = "ve_ncsnpp_cifar"
 
 
@@ -102,21 +100,12 @@ def test_fused_adam_kwargs():
     torch.optim.Adam([p], lr=0.1, **runtime.fused_adam_kwargs("cpu"))
 
 
-# ---------------------------------------------------------------- the shared fixture model
+# ---------------------------------------------------------------- the score_sde_pytorch fixture
 
 
 @pytest.fixture(scope="module")
 def ve_fixture():
-    try:
-        import networks.ncsnpp  # noqa: F401
-    except ModuleNotFoundError:
-        pytest.skip("networks/ncsnpp.py (NCSN++) is not present yet")
-    for d in FIXTURE_DIRS:
-        if (d / "index.json").is_file() and (d / f"{NAME}.pth").is_file():
-            break
-    else:
-        pytest.skip("fixture score_sde_pytorch/ve_ncsnpp_cifar.pth not found in tests/data or "
-                    "shared")
+    d = FIXTURE_DIR
     entry = json.loads((d / "index.json").read_text())[NAME]
     config = configs.load_config(entry["config_module"], entry["overrides"])
     config.device = "cpu"
@@ -206,6 +195,38 @@ def test_compiled_fast_path_gives_the_same_score(ve_fixture):
     assert model.training
 
 
+def test_unwrap_model_removes_every_wrapper_and_checkpoints_use_it(tmp_path):
+    """DistributedDataParallel, DataParallel and torch.compile, however nested, come off; a module
+    that merely has a `.module` attribute is not a wrapper. Checkpoints store the bare network's
+    keys through the same function (networks/checkpoint.py has no unwrap of its own)."""
+    import torch.distributed as dist
+
+    from networks import checkpoint
+
+    net = nn.Sequential(nn.Linear(3, 3))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(net)
+        nested = torch.compile(nn.DataParallel(ddp), backend="eager")
+        assert runtime.unwrap_model(ddp) is net
+        assert runtime.unwrap_model(nested) is net
+        networks.save_checkpoint(tmp_path / "c.pth", nested, None)
+    finally:
+        dist.destroy_process_group()
+    assert set(networks.read_checkpoint(tmp_path / "c.pth")["model"]) == {"0.weight", "0.bias"}
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = nn.Linear(2, 2)
+
+    holder = Holder()
+    assert runtime.unwrap_model(holder) is holder
+    assert networks.unwrap_model is runtime.unwrap_model
+    assert not hasattr(checkpoint, "unwrap")
+
+
 def test_full_size_ddpmpp_bf16_is_close_to_fp32():
     """vp/cifar10_ddpmpp_continuous at full width and depth (61.8M parameters), one 32x32
     image, random init (seed 0): measured rel L2 0.0063 (about 2.5 s on one thread)."""
@@ -237,15 +258,10 @@ def test_network_fn_for_discrete_losses(ve_fixture):
 # ---------------------------------------------------------------- samplers on the exact score
 
 
-@pytest.fixture(scope="module")
-def gpu_bench():
-    return pytest.importorskip("benchmarks.gpu")
-
-
-def test_oracle_net_is_the_exact_score(gpu_bench):
-    mu, cov = gpu_bench.gaussian_problem()
+def test_oracle_net_is_the_exact_score():
+    mu, cov = gpu.gaussian_problem()
     sde = VPSDE()
-    net = gpu_bench.GaussianNoiseNet(sde, mu, cov)
+    net = gpu.GaussianNoiseNet(sde, mu, cov)
     p_t = oracle.gaussian(mu, cov, event_shape=(1, 4, 4)).marginal(sde)
     t = torch.tensor([0.001, 0.1, 0.5, 1.0])
     x = p_t.sample(t, generator=torch.Generator().manual_seed(3))
@@ -254,16 +270,16 @@ def test_oracle_net_is_the_exact_score(gpu_bench):
 
 
 @pytest.mark.parametrize("sampler,options,n", [("heun", {}, 4000), ("pc", {"steps": 250}, 2000)])
-def test_sampler_distribution_error_is_the_same_in_bf16(gpu_bench, sampler, options, n):
+def test_sampler_distribution_error_is_the_same_in_bf16(sampler, options, n):
     """Samples of N(mu, Sigma) (D = 16) with the exact score computed in fp32 and in bf16
     autocast (benchmarks.gpu.GaussianNoiseNet: its matmuls run in bf16), from the same seed: the
     errors of the sample mean and covariance against the exact (mu, Sigma) agree to well within
     their Monte Carlo std, and the sampler state stays fp32."""
     import solvers
 
-    mu, cov = gpu_bench.gaussian_problem()
+    mu, cov = gpu.gaussian_problem()
     sde = VPSDE()
-    net = gpu_bench.GaussianNoiseNet(sde, mu, cov).eval()
+    net = gpu.GaussianNoiseNet(sde, mu, cov).eval()
     runs = {}
     for precision in ("fp32", "bf16"):
         score_fn = get_score_fn(sde, net, True, precision=precision)
@@ -271,8 +287,8 @@ def test_sampler_distribution_error_is_the_same_in_bf16(gpu_bench, sampler, opti
                                 generator=torch.Generator().manual_seed(1), **options)
         assert result.samples.dtype == torch.float32
         runs[precision] = result.samples
-    (m32, c32), (mc_mean, mc_cov) = gpu_bench.distribution_errors(runs["fp32"], mu, cov)
-    (m16, c16), _ = gpu_bench.distribution_errors(runs["bf16"], mu, cov)
+    (m32, c32), (mc_mean, mc_cov) = gpu.distribution_errors(runs["fp32"], mu, cov)
+    (m16, c16), _ = gpu.distribution_errors(runs["bf16"], mu, cov)
     assert m32 < 4 * mc_mean and c32 < 4 * mc_cov  # the sampler does sample the Gaussian
     # measured: |m16 - m32| < 0.01 MC std, |c16 - c32| < 0.12 MC std
     assert abs(m16 - m32) < 0.5 * mc_mean
@@ -289,8 +305,7 @@ TINY = ["--config", "vp/cifar10_ddpmpp_continuous", "--device", "cpu", "--warmup
         "model.num_res_blocks=1", "model.attn_resolutions=(4,)"]
 
 
-def test_benchmark_runs_on_cpu(tmp_path, gpu_bench):
-    gpu = gpu_bench
+def test_benchmark_runs_on_cpu(tmp_path):
     out = tmp_path / "table.md"
     rows = gpu.main(TINY + ["--what", "all", "--batch", "2", "--train-batch", "2", "--steps", "25",
                             "--fast-steps", "2", "--samplers", "pc", "heun",
