@@ -179,8 +179,10 @@ class VESDE(SDE):
         return torch.zeros_like(x), torch.sqrt(sigma ** 2 - adjacent ** 2).to(x.dtype)
 
 
-class _BetaSchedule(SDE):
-    """Linear beta(t) = beta_0 + t (beta_1 - beta_0) and the DDPM discrete betas beta_i = beta(i/(N-1))/N."""
+class BetaSchedule(SDE):
+    """Linear beta(t) = beta_0 + t (beta_1 - beta_0) and the DDPM discrete betas beta_i = beta(i/(N-1))/N.
+
+    The common base of VPSDE and subVPSDE: `isinstance(sde, BetaSchedule)` asks for a beta(t)."""
 
     def __init__(self, beta_min=0.1, beta_max=20.0, N=1000):
         super().__init__(N)
@@ -213,7 +215,7 @@ class _BetaSchedule(SDE):
         return _standard_normal_logp(z)
 
 
-class VPSDE(_BetaSchedule):
+class VPSDE(BetaSchedule):
     """Variance preserving SDE (Eq. 32): dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw; DDPM in the
     discrete limit."""
 
@@ -238,7 +240,7 @@ class VPSDE(_BetaSchedule):
         return f, torch.sqrt(beta).to(x.dtype)
 
 
-class subVPSDE(_BetaSchedule):
+class subVPSDE(BetaSchedule):
     """sub-VP SDE (Eq. 16): dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw.
     Its discrete betas/alphas (those of VP) serve the Langevin corrector's step size."""
 
@@ -256,15 +258,34 @@ class subVPSDE(_BetaSchedule):
 
 
 SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
+_BetaSchedule = BetaSchedule  # the old private name, until no importer uses it
+
+
+def _config_field(config, path):
+    """`config.<path>` for a dotted `path` ('training.sde'); a missing field is a ValueError that
+    names it."""
+    value = config
+    for i, key in enumerate(path.split(".")):
+        try:
+            value = value[key] if isinstance(value, dict) else getattr(value, key)
+        except (AttributeError, KeyError):
+            missing = ".".join(path.split(".")[:i + 1])
+            where = "" if missing == path else f" (the config has no {missing})"
+            raise ValueError(f"config.{path} is missing{where}") from None
+    return value
 
 
 def get_sde(config):
-    """The SDE named by `config.training.sde`, with the noise settings of `config.model`."""
-    name = str(config.training.sde).lower()
+    """The SDE named by `config.training.sde` (one of `SDES`), with the noise settings of
+    `config.model` (sigma_min/sigma_max for VE, beta_min/beta_max for VP and sub-VP, num_scales)."""
+    try:
+        sde = _config_field(config, "training.sde")
+    except ValueError as e:
+        raise ValueError(f"{e}: it names the SDE, one of {', '.join(sorted(SDES))}") from None
+    name = str(sde).lower()
     if name not in SDES:
-        raise ValueError(f"unknown SDE {config.training.sde!r} in config.training.sde; "
-                         f"known: {sorted(SDES)}")
-    m = config.model
-    if name == "vesde":
-        return VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
-    return SDES[name](beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
+        raise ValueError(f"unknown SDE {sde!r} in config.training.sde; known: "
+                         f"{', '.join(sorted(SDES))}")
+    params = ("sigma_min", "sigma_max") if name == "vesde" else ("beta_min", "beta_max")
+    kwargs = {p: _config_field(config, f"model.{p}") for p in params}
+    return SDES[name](**kwargs, N=_config_field(config, "model.num_scales"))

@@ -235,8 +235,31 @@ def test_get_sde_from_config():
     cfg.training.sde = "subvpsde"
     assert isinstance(get_sde(cfg), subVPSDE)
     cfg.training.sde = "edm"
-    with pytest.raises(ValueError, match="unknown SDE 'edm'.*known: \\['subvpsde', 'vesde', 'vpsde'\\]"):
+    with pytest.raises(ValueError, match="unknown SDE 'edm'.*known: subvpsde, vesde, vpsde"):
         get_sde(cfg)
+
+
+def test_get_sde_names_the_missing_field():
+    """A config without `training.sde` (the original ve/ncsn/celeba names it `training.loss`)
+    or without a noise setting fails with the field's name, not AttributeError: 'sde'."""
+    cfg = ConfigDict({"training": {"loss": "vesde"},
+                      "model": {"sigma_min": 0.01, "sigma_max": 1.0, "num_scales": 10}})
+    with pytest.raises(ValueError, match="config.training.sde is missing.*subvpsde, vesde, vpsde"):
+        get_sde(cfg)
+    with pytest.raises(ValueError, match=r"config.training.sde is missing \(the config has no "
+                                         r"training\)"):
+        get_sde(ConfigDict({"model": cfg.model}))
+    cfg.training.sde = "vpsde"
+    with pytest.raises(ValueError, match="config.model.beta_min is missing"):
+        get_sde(cfg)
+    assert get_sde({"training": {"sde": "VESDE"}, "model": dict(cfg.model)}).sigma_max == 1.0
+
+
+def test_original_ncsn_celeba_config_gives_its_ve_sde():
+    import configs
+
+    sde = get_sde(configs.get_config("ve/ncsn/celeba"))
+    assert isinstance(sde, VESDE) and (sde.sigma_min, sde.sigma_max, sde.N) == (0.01, 1.0, 10)
 
 
 def test_defaults_of_the_paper():

@@ -6,11 +6,14 @@ The plain NCSN setting is 10 noise levels in [0.01, 1], 100 Langevin steps each,
 
 
 def ncsn_config(get_default_configs, *, n_steps_each, snr, num_scales, ema_rate,
-                sigma_max=None, sde_field='sde'):
+                sigma_max=None, loss_slip=False):
     """A config of the NCSN family on top of a dataset's defaults. `sigma_max=None` keeps the
-    dataset default (technique 1); `sde_field` is the training key that names the SDE."""
+    dataset default (technique 1); `loss_slip=True` also names the SDE under `training.loss`,
+    as the original CelebA file does (instead of `training.sde`, which the toolkit adds)."""
     config = get_default_configs()
-    config.training[sde_field] = 'vesde'
+    config.training.sde = 'vesde'
+    if loss_slip:
+        config.training.loss = 'vesde'
     config.training.continuous = False
     config.sampling.update(method='pc', predictor='none', corrector='ald',
                            n_steps_each=n_steps_each, snr=snr)
