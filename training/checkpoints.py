@@ -4,15 +4,19 @@ Layout (the original's): `<workdir>/checkpoints/checkpoint_<k>.pth` every `snaps
 and at the end (k = step / snapshot_freq rounded up; all kept), and
 `<workdir>/checkpoints-meta/checkpoint.pth`, the latest state for resuming after preemption,
 rewritten every `snapshot_freq_for_preemption` steps. Files are written by
-`networks.save_checkpoint` (temporary file, then rename), so a reader never sees a half-written
-file. Besides the model, EMA, optimizer and step, a training checkpoint holds the data order
-(`extra['data_order']`, and the fp16 gradient scaler's state); every other random draw of a step
-is seeded by (seed, step), so nothing else is needed to continue exactly where the run stopped.
-The workdir must be on a filesystem all processes share (multi-node runs).
+`networks.save_checkpoint` (`sde_lib.fileio.atomic_write`: temporary file, fsync, rename), so a
+reader never sees a half-written file; each has a sidecar `<file>.json` with its step and
+sha256 (`write_sidecar`), so finding the newest checkpoint opens none. Besides the model, EMA,
+optimizer and step, a training checkpoint holds the data order (`extra['data_order']`), the
+loss accumulated since the last log record, and the fp16 gradient scaler's state; every other
+random draw of a step is seeded by (seed, step), so nothing else is needed to continue exactly
+where the run stopped. The workdir must be on a filesystem all processes share (multi-node runs).
 """
 
+import json
 import os
 import re
+import warnings
 
 PERIODIC_DIR = "checkpoints"
 META_DIR = "checkpoints-meta"
@@ -38,27 +42,112 @@ def periodic_checkpoints(workdir):
     return dict(sorted(out.items()))
 
 
-def latest_checkpoint(workdir):
-    """The newest checkpoint of a workdir (by step): the meta checkpoint or the last periodic one;
-    None if there is none."""
-    cands = list(periodic_checkpoints(workdir).values())
-    if os.path.isfile(meta_path(workdir)):
-        cands.append(meta_path(workdir))
-    if not cands:
+class CheckpointWarning(UserWarning):
+    """A checkpoint found in a workdir that cannot be read and is skipped."""
+
+
+def sidecar_path(path):
+    """`<checkpoint>.json`: the step and sha256 of a checkpoint file, with the file's size,
+    mtime and inode when the record was written (a record that no longer matches the file is
+    ignored)."""
+    return os.fspath(path) + ".json"
+
+
+def write_sidecar(path, step):
+    """Record the step and content digest of checkpoint `path` next to it (atomically)."""
+    from sde_lib.fileio import file_digest, write_json
+    st = os.stat(path)
+    record = {"step": int(step), "sha256": file_digest(path), "size": st.st_size,
+              "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    write_json(sidecar_path(path), record)
+    return record
+
+
+def read_sidecar(path):
+    """The sidecar record of checkpoint `path` if it exists and still describes the file (same
+    size, mtime and inode), else None."""
+    try:
+        with open(sidecar_path(path)) as f:
+            record = json.load(f)
+        st = os.stat(path)
+    except (OSError, ValueError):
         return None
-    return max(cands, key=lambda p: (checkpoint_step(p), p == meta_path(workdir)))
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        return None
+    if (record.get("size"), record.get("mtime_ns"), record.get("inode")) != \
+            (st.st_size, st.st_mtime_ns, st.st_ino):
+        return None
+    return record
 
 
 def checkpoint_step(path):
-    from networks import read_checkpoint
-    return int(read_checkpoint(path).get("step", 0))
+    """The training step of checkpoint `path`: from its sidecar when that is current, else
+    from the file itself (memory-mapped, so the weights are not read). Raises
+    networks.CheckpointError for a file that cannot be read."""
+    record = read_sidecar(path)
+    if record is not None:
+        return record["step"]
+    return int(_read_meta(path).get("step", 0))
+
+
+def _read_meta(path):
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip file (legacy format) or unreadable: read it the careful way,
+        from networks import read_checkpoint  # which raises a CheckpointError naming the file
+        return read_checkpoint(path)
+
+
+def checkpoint_identity(path):
+    """{'step', 'sha256'} of checkpoint `path` (from the sidecar when current, else computed):
+    what produced a result, independent of the file's name."""
+    record = read_sidecar(path)
+    if record is not None:
+        return {"step": record["step"], "sha256": record["sha256"]}
+    from sde_lib.fileio import file_digest
+    return {"step": int(_read_meta(path).get("step", 0)), "sha256": file_digest(path)}
+
+
+def _readable_step(path, warn):
+    from networks import CheckpointError
+    try:
+        return checkpoint_step(path)
+    except (CheckpointError, OSError) as e:
+        warn(f"skipping checkpoint {path!r}: it cannot be read ({e})", CheckpointWarning)
+        return None
+
+
+def latest_checkpoint(workdir, warn=None):
+    """The newest readable checkpoint of a workdir (by step; the meta checkpoint on a tie), or
+    None. Steps come from the sidecars (or, without one, from the meta checkpoint and the
+    newest periodic ones only: `checkpoint_<k>` grows with the step). An unreadable checkpoint
+    is skipped with a CheckpointWarning naming it, so a bad meta checkpoint falls back to the
+    newest readable periodic one."""
+    warn = warn or warnings.warn
+    best = None  # (step, is_meta, path)
+    meta = meta_path(workdir)
+    if os.path.isfile(meta):
+        step = _readable_step(meta, warn)
+        if step is not None:
+            best = (step, 1, meta)
+    for path in reversed(list(periodic_checkpoints(workdir).values())):
+        step = _readable_step(path, warn)
+        if step is None:
+            continue
+        if best is None or (step, 0) > best[:2]:
+            best = (step, 0, path)
+        break
+    return None if best is None else best[2]
 
 
 def save_training_state(path, model, config, ema, optimizer, step, extra=None):
-    """Write the full training state to `path` (atomically); `extra` holds the data order
-    ('data_order') and, with fp16, the gradient scaler ('grad_scaler')."""
+    """Write the full training state to `path` (atomically) and its sidecar; `extra` holds the
+    data order ('data_order') and, with fp16, the gradient scaler ('grad_scaler')."""
     from networks import save_checkpoint
     save_checkpoint(path, model, config, ema=ema, optimizer=optimizer, step=int(step), extra=extra)
+    write_sidecar(path, step)
+    return path
 
 
 def restore_training_state(path, model, ema, optimizer, map_location="cpu"):

@@ -1,11 +1,12 @@
 """Image grids as PNG files (small images upscaled, smoothly by default, to be readable)."""
 
 import math
-import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from sde_lib.fileio import atomic_write
 
 
 def make_grid(images, nrow=None, padding=1, pad_value=1.0):
@@ -54,17 +55,13 @@ def save_grid(images, path, nrow=None, padding=2, pad_value=0.5, tile=None, resa
                      pad_value=pad_value)
     arr = to_uint8(grid)
     arr = arr[..., 0] if arr.shape[-1] == 1 else arr
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
     return path
 
 
 def save_npz(path, **arrays):
     """np.savez_compressed, written atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.savez_compressed(f, **arrays)
     return path

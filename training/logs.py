@@ -17,19 +17,27 @@ def _plain(v):
 class RunLogger:
     """Appends records to `<workdir>/log.jsonl` (and TensorBoard scalars under
     `<workdir>/tensorboard` if `torch.utils.tensorboard` imports). Disabled when `enabled` is
-    false (non-zero ranks)."""
+    false (non-zero ranks).
 
-    def __init__(self, workdir, enabled=True, tensorboard=True):
+    start_step: the step a (resumed) run starts from; the records of later steps, written by an
+    earlier run that stopped before saving them in a checkpoint, are removed first (and purged
+    from TensorBoard), so after any number of resumptions each step is logged once."""
+
+    def __init__(self, workdir, enabled=True, tensorboard=True, start_step=None):
         self.enabled = enabled
         self.path = os.path.join(workdir, "log.jsonl")
         self.writer = None
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
+        if start_step is not None:
+            truncate_log(self.path, start_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                purge = None if start_step is None else int(start_step) + 1
+                self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                            purge_step=purge)
             except Exception:  # tensorboard is optional
                 self.writer = None
 
@@ -63,3 +71,28 @@ def read_log(path):
             except json.JSONDecodeError:
                 pass
     return out
+
+
+def truncate_log(path, step):
+    """Rewrite log.jsonl (atomically) without the records of steps after `step` and without a
+    truncated last line. Returns the number of records removed."""
+    if not os.path.exists(path):
+        return 0
+    keep, dropped, whole = [], 0, True
+    with open(path) as f:
+        for line in f:
+            whole = line.endswith("\n")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) \
+                    and record["step"] > step:
+                dropped += 1
+                continue
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if dropped or not whole:
+        from sde_lib.fileio import write_text
+        write_text(path, "".join(keep))
+    return dropped

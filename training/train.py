@@ -13,23 +13,32 @@ and otherwise starts from scratch. Each step t (counting finished updates from 0
      gradient clipping, EMA update.
 
 Rank 0 writes `log.jsonl` (step, loss, lr, time...), a progress bar, the periodic and meta
-checkpoints and snapshot sample grids. SIGTERM/SIGINT save the meta checkpoint and stop.
+checkpoints and snapshot sample grids. SIGTERM/SIGINT save the meta checkpoint and stop (a rank
+stuck waiting for a stalled peer exits instead, `training.distributed.StopSignals`).
+
+Nothing lost, nothing mixed: the workdir is locked for the run (`sde_lib.fileio.WorkdirLock`);
+temporary files of writers that died are removed at start; every file is written atomically;
+the run resumes from the newest readable checkpoint (`training.checkpoints.latest_checkpoint`:
+the meta one, or the newest periodic one if that cannot be read), and log records of steps
+after it, written by a run that died before saving them, are dropped, so `log.jsonl` holds each
+step once. A run killed at any moment and resumed ends with the same weights as an
+uninterrupted one.
 """
 
 import contextlib
 import dataclasses
 import math
 import os
-import signal
-import threading
 import time
 
 import torch
 
-from training.checkpoints import (meta_path, periodic_path, restore_training_state,
-                                  save_training_state)
+from sde_lib.fileio import WorkdirLock, WorkdirLockedError, remove_stale_temps
+from training.checkpoints import (PERIODIC_DIR, latest_checkpoint, meta_path, periodic_path,
+                                  restore_training_state, save_training_state)
 from training.data import load_dataset
-from training.distributed import all_reduce_mean, any_process, barrier, init_distributed
+from training.distributed import (StopSignals, all_reduce_mean, any_process, barrier, collective,
+                                  init_distributed)
 from training.logs import RunLogger, read_log
 from training.losses import get_loss_fn
 from training.optim import get_optimizer, optimize_step
@@ -39,28 +48,8 @@ from training.pipeline import BatchOrder, augment, get_images, mix_seed, shard_s
 _STEP, _DROPOUT, _EVAL, _SNAPSHOT = 1, 2, 3, 4
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop saves a checkpoint and returns at the next step (a second
-    signal interrupts at once)."""
-
-    def __init__(self):
-        self.set = False
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.set:  # a second signal: stop at once
-            raise KeyboardInterrupt(f"signal {signum} received twice")
-        self.set = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+def _quiet(*args, **kwargs):
+    """Non-zero ranks: discovery warnings are rank 0's to print."""
 
 
 def _generator(device, seed):
@@ -103,14 +92,39 @@ def wrap_for_training(model, options, info):
 
 
 def train(config, workdir, *, info=None, device=None, data_dir=None, progress=True,
-          stop_after=None, log=print):
+          stop_after=None, log=print, lock=True):
     """Train (or resume) as `config` says, writing into `workdir`. Returns a summary dict.
 
-    stop_after: return after this many steps of this call (the run stays resumable)."""
+    stop_after: return after this many steps of this call (the run stays resumable).
+    lock: hold the workdir's lock (`sde_lib.fileio.WorkdirLock`) for the run, so a second run
+    on the same workdir fails at once naming this one's pid and host. Under DDP rank 0 holds
+    it (the ranks of one run share the workdir) and every rank stops if rank 0 cannot get it.
+    `config.training.dist_timeout` (seconds, default `training.distributed.DEFAULT_TIMEOUT`)
+    bounds every collective wait, so a stalled or dead rank ends the others."""
+    info = info or init_distributed(device=device,
+                                    timeout=config.training.get("dist_timeout", None))
+    workdir_lock = WorkdirLock(workdir, what="train") if lock and info.is_main else None
+    error = None
+    if workdir_lock is not None:
+        try:
+            workdir_lock.acquire()
+        except WorkdirLockedError as e:
+            error = e
+    if any_process(error is not None, info):
+        if error is not None:
+            raise error
+        raise WorkdirLockedError(workdir, {"pid": "(see rank 0)", "host": "(see rank 0)"})
+    try:
+        return _train(config, workdir, info, data_dir, progress, stop_after, log)
+    finally:
+        if workdir_lock is not None:
+            workdir_lock.release()
+
+
+def _train(config, workdir, info, data_dir, progress, stop_after, log):
     from networks.runtime import RuntimeOptions, fast_math
     from sde_lib import get_sde
 
-    info = info or init_distributed(device=device)
     device = info.device
     tr = config.training
     n_iters = int(tr.n_iters)
@@ -124,9 +138,11 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
     seed = int(config.seed)
 
     if info.is_main:
-        os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
+        os.makedirs(os.path.join(workdir, PERIODIC_DIR), exist_ok=True)
         os.makedirs(os.path.dirname(meta_path(workdir)), exist_ok=True)
-    logger = RunLogger(workdir, enabled=info.is_main)
+        for path in remove_stale_temps(workdir, os.path.join(workdir, PERIODIC_DIR),
+                                       os.path.dirname(meta_path(workdir))):
+            log(f"removed {path}, left by a writer that died")
 
     options = RuntimeOptions.from_config(config)
     model, ema, optimizer = build_state(config, device)
@@ -137,23 +153,33 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
     order = BatchOrder(len(train_ds), B, seed)
 
     step = 0
-    resumed_from = None
-    if os.path.isfile(meta_path(workdir)):
-        step, extra = restore_training_state(meta_path(workdir), model, ema, optimizer,
+    resumed_from = latest_checkpoint(workdir, warn=None if info.is_main else _quiet)
+    interval_loss = torch.zeros((), device=device)
+    interval_n = 0
+    if resumed_from is not None:
+        step, extra = restore_training_state(resumed_from, model, ema, optimizer,
                                              map_location=device)
         if "data_order" in extra:
             order.load_state_dict(extra["data_order"])
         if scaler is not None and "grad_scaler" in extra:
             scaler.load_state_dict(extra["grad_scaler"])
-        resumed_from = meta_path(workdir)
+        if "log_interval" in extra:  # the loss summed since the last log record
+            interval_loss = extra["log_interval"]["loss"].to(device).reshape(())
+            interval_n = int(extra["log_interval"]["n"])
         if info.is_main:
             log(f"resuming from {resumed_from} at step {step}")
+    # Records of steps after the resumed one came from a run that died before saving them.
+    logger = RunLogger(workdir, enabled=info.is_main, start_step=step)
     barrier(info)
 
     net = wrap_for_training(model, options, info)
 
     def checkpoint_extra():
-        out = {"data_order": order.state_dict()}
+        # Called on every rank (a collective): the loss since the last log record, averaged
+        # over the processes, so a resumed run logs the same mean as an uninterrupted one.
+        pending = all_reduce_mean(interval_loss, info).detach().to("cpu", copy=True)
+        out = {"data_order": order.state_dict(),
+               "log_interval": {"loss": pending, "n": interval_n}}
         if scaler is not None:
             out["grad_scaler"] = scaler.state_dict()
         return out
@@ -177,12 +203,12 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
                 "sde": str(tr.sde), "model": str(config.model.name)}, step=step)
 
     start_step, t_start, cpu_start = step, time.time(), time.process_time()
-    interval_loss = torch.zeros((), device=device)
-    interval_n, t_interval = 0, time.time()
+    t_interval = time.time()
     last_loss, status = float("nan"), "done"
     log_freq = int(tr.get("log_freq", 50))
 
-    with _StopFlag() as stop, fast_math(options, device):
+    stop_signals = StopSignals(grace=float(tr.get("stop_grace", 10.0)), rank=info.rank)
+    with stop_signals as stop, fast_math(options, device):
         while step < n_iters:
             if stop_after is not None and step - start_step >= stop_after:
                 status = "stopped"
@@ -203,14 +229,16 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
             optimizer.zero_grad(set_to_none=True)
             chunk = local // accum
             step_loss = torch.zeros((), device=device)
-            for a in range(accum):
-                part = slice(a * chunk, (a + 1) * chunk)
-                sync = a == accum - 1 or not info.distributed
-                ctx = net.no_sync() if not sync else contextlib.nullcontext()
-                with ctx:
-                    loss = loss_fn(net, x[part], {k: v[part] for k, v in noise.items()}) / accum
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                step_loss += loss.detach()
+            with collective(info, f"the gradient all-reduce of step {step}"):
+                for a in range(accum):
+                    part = slice(a * chunk, (a + 1) * chunk)
+                    sync = a == accum - 1 or not info.distributed
+                    ctx = net.no_sync() if not sync else contextlib.nullcontext()
+                    with ctx:
+                        loss = loss_fn(net, x[part], {k: v[part] for k, v in noise.items()})
+                        loss = loss / accum
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                    step_loss += loss.detach()
             if not torch.isfinite(step_loss):
                 raise FloatingPointError(f"the training loss is {step_loss.item()} at step {step}")
             lr, gnorm = optimize_step(optimizer, model.parameters(), step, lr=config.optim.lr,
@@ -243,25 +271,30 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
                                    mix_seed(seed, _EVAL, step))
                 logger.log({"event": "eval", "eval_loss": ev}, step=step)
 
-            if _every(step, tr.get("snapshot_freq_for_preemption", 0)) or step == n_iters:
-                if info.is_main:
-                    save_training_state(meta_path(workdir), model, config, ema, optimizer, step,
-                                        checkpoint_extra())
+            # The periodic checkpoint (and its log record) before the meta one: a run killed
+            # between the two resumes from the older meta checkpoint and redoes both.
             if _every(step, tr.get("snapshot_freq", 0)) or step == n_iters:
                 k = -(-step // tr.snapshot_freq) if tr.get("snapshot_freq", 0) > 0 else step
+                extra = checkpoint_extra()
                 if info.is_main:
                     save_training_state(periodic_path(workdir, k), model, config, ema, optimizer,
-                                        step, checkpoint_extra())
+                                        step, extra)
                     logger.log({"event": "checkpoint", "path": periodic_path(workdir, k)},
                                step=step)
                     if tr.get("snapshot_sampling", False):
                         snapshot_samples(model, ema, sde, config, workdir, step, device,
                                          mix_seed(seed, _SNAPSHOT, step))
                 barrier(info)
+            if _every(step, tr.get("snapshot_freq_for_preemption", 0)) or step == n_iters:
+                extra = checkpoint_extra()
+                if info.is_main:
+                    save_training_state(meta_path(workdir), model, config, ema, optimizer, step,
+                                        extra)
 
-    if status != "done" and info.is_main:
-        save_training_state(meta_path(workdir), model, config, ema, optimizer, step,
-                            checkpoint_extra())
+    if status != "done":
+        extra = checkpoint_extra()
+        if info.is_main:
+            save_training_state(meta_path(workdir), model, config, ema, optimizer, step, extra)
     if bar is not None:
         bar.close()
     if math.isnan(last_loss) and info.is_main:  # nothing left to train: the logged last loss

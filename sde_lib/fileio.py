@@ -1,0 +1,329 @@
+"""Files written whole or not at all, and one run per workdir.
+
+`atomic_write(path)` is the one writer for every file the toolkit writes: the data goes to a
+temporary file in the same directory, named `.<name>.<pid>.<random>.tmp`, which is flushed,
+fsync'ed and renamed over `path` (`os.replace`, atomic on POSIX), after which the directory is
+fsync'ed so the rename itself survives a power loss. A reader sees the old file or the new one,
+never a half-written one; on an exception the temporary file is removed. A writer killed
+outright (SIGKILL, power loss) can leave its temporary file behind: `remove_stale_temps`
+deletes those whose writer process is gone (it keeps those of live processes).
+
+`WorkdirLock(workdir)` holds an OS file lock (`fcntl.flock`, exclusive, non-blocking) on
+`<workdir>/.lock` for as long as a run writes into the workdir. The kernel releases it when the
+process exits in any way, so a lock left by a dead process is never in the way; the file
+records the holder's pid and host, and a second run fails at once with an error naming them.
+"""
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+
+_TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<rand>[0-9a-f]{8,32})\.tmp")
+_NAME_MAX = 255
+
+
+def temp_name(path):
+    """The temporary file `atomic_write` uses for `path`: `.<name>.<pid>.<random>.tmp` in the
+    same directory (a long name is shortened to fit the file-name limit)."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    suffix = f".{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    name = name[:_NAME_MAX - 1 - len(suffix)]
+    return os.path.join(folder, f".{name}{suffix}")
+
+
+def fsync_directory(folder):
+    """fsync a directory so a rename inside it is durable (a no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", encoding=None, fsync=True):
+    """Context manager giving a file object whose contents replace `path` atomically when the
+    block ends without an exception (temp file in the same directory, flush + fsync, os.replace,
+    directory fsync). On an exception the temp file is removed and `path` is untouched. `mode`
+    is 'wb' or 'w' (text, `encoding` default utf-8). The parent directory is created."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        if mode == "w":
+            f = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
+        else:
+            f = os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        _remove_quietly(tmp)
+        raise
+    try:
+        with f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    if fsync:
+        fsync_directory(folder)
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+class HashingWriter:
+    """A write-only file wrapper that also computes a digest (sha256 by default) of what passes
+    through it: `with atomic_write(p) as f: w = HashingWriter(f); torch.save(obj, w)`."""
+
+    def __init__(self, f, algorithm="sha256"):
+        self.f = f
+        self.hash = hashlib.new(algorithm)
+        self.size = 0
+
+    def write(self, data):
+        self.hash.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+    def hexdigest(self):
+        return self.hash.hexdigest()
+
+
+def write_bytes(path, data):
+    """Write `data` (bytes) to `path` atomically. Returns the path."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return os.fspath(path)
+
+
+def write_text(path, text, encoding="utf-8"):
+    """Write `text` to `path` atomically. Returns the path."""
+    with atomic_write(path, "w", encoding=encoding) as f:
+        f.write(text)
+    return os.fspath(path)
+
+
+def write_json(path, obj, indent=2, **kwargs):
+    """Write `obj` as JSON (with a final newline) to `path` atomically. Returns the path."""
+    return write_text(path, json.dumps(obj, indent=indent, **kwargs) + "\n")
+
+
+def write_jsonl(path, records):
+    """Write records as JSON lines to `path` atomically (replacing it). Returns the path."""
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def save_torch(obj, path):
+    """`torch.save(obj)` to `path` atomically. Returns the sha256 hex digest of the file."""
+    import torch
+    with atomic_write(path, "wb") as f:
+        w = HashingWriter(f)
+        torch.save(obj, w)
+    return w.hexdigest()
+
+
+def file_digest(path, algorithm="sha256", chunk=1 << 20):
+    """The hex digest of a file's contents."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pid_alive(pid):
+    """True if process `pid` exists on this host (or might: no permission to signal it)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError as e:
+        return e.errno != errno.ESRCH
+    return True
+
+
+def stale_temps(directory):
+    """The temporary files of `atomic_write` in `directory` whose writer process is gone."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for name in sorted(names):
+        m = _TEMP_RE.fullmatch(name)
+        if m and not pid_alive(int(m.group("pid"))):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                out.append(path)
+    return out
+
+
+def remove_stale_temps(*directories):
+    """Delete the temporary files left in `directories` by `atomic_write` writers that died
+    (pid no longer running on this host); those of live writers are kept. Returns the removed
+    paths."""
+    removed = []
+    for d in directories:
+        for path in stale_temps(d):
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another live process holds the workdir's lock."""
+
+    def __init__(self, workdir, holder):
+        self.workdir, self.holder = workdir, holder
+        pid, host = holder.get("pid", "?"), holder.get("host", "?")
+        what = f" ({holder['what']})" if holder.get("what") else ""
+        since = ""
+        if isinstance(holder.get("time"), (int, float)):
+            since = time.strftime(" since %Y-%m-%d %H:%M:%S UTC", time.gmtime(holder["time"]))
+        super().__init__(
+            f"workdir {workdir!r} is in use by another run: pid {pid} on host {host}{what}{since} "
+            f"holds its lock {os.path.join(workdir, WorkdirLock.NAME)!r}. Wait for that run to "
+            f"finish or stop it, or use another workdir (two runs writing one workdir would mix "
+            f"their checkpoints and logs)")
+
+
+# Locks this process holds, by real path of the lock file: [lock object, nesting count].
+_HELD = {}
+_HELD_GUARD = threading.Lock()
+
+
+class WorkdirLock:
+    """Exclusive lock on a workdir for the duration of a run (context manager, or
+    acquire()/release()).
+
+    `fcntl.flock(LOCK_EX | LOCK_NB)` on `<workdir>/.lock`: released by the kernel when the
+    process exits in any way (so a dead holder never blocks anyone), and a second process gets
+    `WorkdirLockedError` naming the holder's pid and host at once. Nested acquisition in the
+    same process (a command that locks, then calls `train`, which locks) is allowed. The lock
+    file is never deleted (deleting it would let two processes lock two different files); its
+    contents are cleared on release. On network filesystems flock works where the filesystem
+    supports locks (Linux NFS maps it to POSIX byte-range locks)."""
+
+    NAME = ".lock"
+
+    def __init__(self, workdir, what=None):
+        self.workdir = os.fspath(workdir)
+        self.path = os.path.join(self.workdir, self.NAME)
+        self.what = what
+        self._fd = None
+        self._key = None
+
+    def acquire(self):
+        import fcntl
+        os.makedirs(self.workdir, exist_ok=True)
+        key = os.path.realpath(self.path)
+        with _HELD_GUARD:
+            held = _HELD.get(key)
+            if held is not None:
+                held[1] += 1
+                self._key = key
+                return self
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise WorkdirLockedError(self.workdir, self._read_holder()) from None
+                raise
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+            if self.what:
+                info["what"] = str(self.what)
+            data = (json.dumps(info) + "\n").encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)
+            self._fd, self._key = fd, key
+            _HELD[key] = [self, 1]
+        return self
+
+    def _read_holder(self, tries=20):
+        """The holder's record; it may be being written right now, so retry briefly."""
+        for _ in range(tries):
+            try:
+                with open(self.path) as f:
+                    text = f.read()
+                holder = json.loads(text)
+                if isinstance(holder, dict) and "pid" in holder:
+                    return holder
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+        return {"pid": "unknown", "host": "unknown"}
+
+    def release(self):
+        import fcntl
+        if self._key is None:
+            return
+        with _HELD_GUARD:
+            held = _HELD.get(self._key)
+            if held is not None:
+                held[1] -= 1
+                if held[1] > 0:
+                    self._key = None
+                    return
+                owner = held[0]
+                del _HELD[self._key]
+                fd, owner._fd = owner._fd, None
+                try:
+                    os.ftruncate(fd, 0)
+                except OSError:
+                    pass
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+            self._key = None
+
+    @property
+    def held(self):
+        return self._key is not None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+__all__ = ["atomic_write", "temp_name", "fsync_directory", "HashingWriter", "write_bytes",
+           "write_text", "write_json", "write_jsonl", "save_torch", "file_digest", "pid_alive",
+           "stale_temps", "remove_stale_temps", "WorkdirLock", "WorkdirLockedError"]
