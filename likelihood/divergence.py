@@ -12,9 +12,19 @@ the gradient of a batch sum, as in the original.
 
 import torch
 
-from training.objectives import random_projections
-
 ESTIMATORS = ("rademacher", "gaussian", "exact")
+
+
+def random_projections(shape, noise_type="rademacher", generator=None, device=None,
+                       dtype=torch.float32):
+    """Probe vectors with E[v v^T] = I: Rademacher (+-1) or standard Gaussian. Hutchinson's
+    estimator here and sliced score matching (training/objectives.py) both draw them."""
+    if noise_type == "rademacher":
+        v = torch.randint(0, 2, shape, generator=generator, device=device).to(dtype)
+        return 2.0 * v - 1.0
+    if noise_type == "gaussian":
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    raise ValueError(f"noise_type must be 'rademacher' or 'gaussian', got {noise_type!r}")
 
 
 def draw_probes(n, x, kind="rademacher", generator=None):

@@ -233,3 +233,27 @@ def test_bad_input_gives_clear_errors():
     with pytest.warns(UserWarning, match="dequantize=False"):
         bits_per_dim(p.score, sde, images, data_range=(-1, 1), dequantize=False,
                      estimator="rademacher", rtol=1e-3, atol=1e-3)
+
+
+def test_random_projections_live_with_the_divergence_code():
+    """Hutchinson's probes (E[v v^T] = I) are likelihood's; sliced score matching in training
+    imports them from there, and importing likelihood imports nothing of training."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from likelihood.divergence import random_projections
+    from training import objectives
+
+    assert objectives.random_projections is random_projections
+    g = torch.Generator().manual_seed(0)
+    for kind in ("rademacher", "gaussian"):
+        v = random_projections((40000, 3), kind, generator=g, dtype=torch.float64)
+        assert torch.allclose(v.T @ v / len(v), torch.eye(3, dtype=torch.float64), atol=0.03)
+    assert set(random_projections((100,), "rademacher", generator=g).unique().tolist()) == {-1, 1}
+    with pytest.raises(ValueError, match="noise_type.*'sphere'"):
+        random_projections((2,), "sphere")
+    code = "import sys, likelihood; print(sorted(m for m in sys.modules if m.startswith('training')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

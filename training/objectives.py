@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from likelihood.divergence import random_projections
 from sde_lib.registry import Registry, UnknownNameError
 from sde_lib.sdes import VESDE, VPSDE, expand_to
 
@@ -77,17 +78,6 @@ def objective_from_config(config):
 
 
 # ----------------------------------------------------------------------------- estimators
-
-
-def random_projections(shape, noise_type="rademacher", generator=None, device=None,
-                       dtype=torch.float32):
-    """Probe vectors with E[v v^T] = I: Rademacher (+-1) or standard Gaussian."""
-    if noise_type == "rademacher":
-        v = torch.randint(0, 2, shape, generator=generator, device=device).to(dtype)
-        return 2.0 * v - 1.0
-    if noise_type == "gaussian":
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    raise ValueError(f"noise_type must be 'rademacher' or 'gaussian', got {noise_type!r}")
 
 
 def _leaf(x):
