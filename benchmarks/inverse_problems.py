@@ -23,10 +23,10 @@ import time
 import torch
 
 from sde_lib import VESDE, VPSDE, oracle, subVPSDE
-from solvers.classifier import (classifier_grad_fn, mixture_classifier_grad_fn,
-                                train_classifier)
-from solvers.conditional import class_conditional, colorize, inpaint
-from solvers.inverse import Colorization, Mask
+from solvers.conditional import (class_conditional, classifier_grad_fn, colorize, inpaint,
+                                 mixture_classifier_grad_fn)
+from solvers.operators import Colorization, Mask
+from training.classifier import train_classifier
 
 SDES = {"VE (sigma_max 10)": lambda: VESDE(sigma_min=0.01, sigma_max=10.0), "VP": VPSDE,
         "sub-VP": subVPSDE}

@@ -14,7 +14,8 @@ Modules: predictors, correctors, pc, ode, fast (heun, dpm_solver++), adaptive, g
 
 from solvers.adaptive import adaptive
 from solvers.annealed import annealed_inpaint, annealed_langevin, annealed_levels, from_advice
-from solvers.common import CountingScore, coefficients, denoise_tweedie, with_steps
+from solvers.common import (CountingScore, NonFiniteError, coefficients, denoise_tweedie,
+                            with_steps)
 from solvers.correctors import CORRECTORS, get_corrector, register_corrector
 from solvers.fast import dpm_solver_pp, heun
 from solvers.grids import GRIDS, get_grid, register_grid
@@ -23,12 +24,15 @@ from solvers.pc import pc_sampler
 from solvers.predictors import PREDICTORS, get_predictor, register_predictor
 from solvers.result import EncodeResult, SampleResult
 from solvers.sampling import SAMPLERS, register_sampler, sample
-# Conditional generation on the same samplers (solvers/inverse.py, solvers/conditional.py).
-from solvers.conditional import class_conditional, colorize, inpaint
-from solvers.inverse import (COLOR_BASIS, Blur, Colorization, FunctionOperator, LinearOperator, Mask,
-                             MatrixOperator, SuperResolution, linear_inverse, posterior_score)
-from solvers.classifier import (NoiseConditionalClassifier, classifier_grad_fn, load_classifier,
-                                mixture_classifier_grad_fn, save_classifier, train_classifier)
+# Conditional generation on the same samplers: operators (solvers/operators.py), posterior
+# samplers (solvers/inverse.py), inpainting, colorization and class guidance
+# (solvers/conditional.py). Classifiers: networks.classifier (model, files) and
+# training.classifier (training).
+from solvers.conditional import (class_conditional, classifier_grad_fn, colorize, inpaint,
+                                 mixture_classifier_grad_fn)
+from solvers.inverse import linear_inverse, posterior_score
+from solvers.operators import (COLOR_BASIS, Blur, Colorization, FunctionOperator, LinearOperator,
+                               Mask, MatrixOperator, SuperResolution)
 
 
 def list_predictors():
@@ -45,9 +49,8 @@ def list_samplers():
 
 __all__ = ["annealed_inpaint", "annealed_langevin", "annealed_levels", "from_advice",
            "COLOR_BASIS", "Blur", "Colorization", "FunctionOperator", "LinearOperator", "Mask",
-           "MatrixOperator", "SuperResolution", "posterior_score", "NoiseConditionalClassifier",
-           "classifier_grad_fn", "load_classifier", "mixture_classifier_grad_fn", "save_classifier",
-           "train_classifier", "CORRECTORS", "CountingScore", "EncodeResult", "GRIDS", "PREDICTORS", "SAMPLERS",
+           "MatrixOperator", "SuperResolution", "posterior_score",
+           "classifier_grad_fn", "mixture_classifier_grad_fn", "CORRECTORS", "CountingScore", "NonFiniteError", "EncodeResult", "GRIDS", "PREDICTORS", "SAMPLERS",
            "SampleResult", "adaptive", "class_conditional", "coefficients", "colorize", "decode",
            "denoise_tweedie", "dpm_solver_pp", "encode", "get_corrector", "get_grid",
            "get_predictor", "heun", "inpaint", "integrate", "linear_inverse", "list_correctors",

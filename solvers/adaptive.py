@@ -32,7 +32,9 @@ def adaptive(score_fn, sde, x, *, eps=None, denoise=True, rtol=0.01, atol=0.0078
     n < 16) it fluctuates with the draw z, and accepting or rejecting steps on it biases the
     samples (in 2-D the variance comes out about twice too large). error_norm='batch': one step
     for the whole batch, controlled by the RMS error over all its elements: unbiased in low
-    dimension, at the cost of coupling the samples of a batch."""
+    dimension, at the cost of coupling the samples of a batch.
+    A sample whose drift turns NaN/inf is set aside (finished at once, returned as NaN), so it
+    neither stalls the loop nor enters the batch error norm."""
     if error_norm not in ("sample", "batch"):
         raise ValueError(f"adaptive: error_norm must be 'sample' or 'batch', got {error_norm!r}")
     for name, v in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("safety", safety),
@@ -46,6 +48,7 @@ def adaptive(score_fn, sde, x, *, eps=None, denoise=True, rtol=0.01, atol=0.0078
     t = torch.full((B,), float(sde.T), dtype=torch.float64, device=x.device)
     h = torch.full_like(t, min(float(h_init), sde.T - eps))
     x_prev = x
+    bad = torch.zeros_like(t, dtype=torch.bool)
     bar = progress_bar(None, progress, desc="adaptive")
     for it in range(max_iters):
         if not (t > eps).any():
@@ -60,11 +63,20 @@ def adaptive(score_fn, sde, x, *, eps=None, denoise=True, rtol=0.01, atol=0.0078
         x2 = x + 0.5 * (k1 + k2)
         delta = torch.clamp(rtol * torch.maximum(x1.abs(), x_prev.abs()), min=atol)
         ratio2 = (0.5 * (k2 - k1) / delta).flatten(1).pow(2).to(torch.float64)
+        nonfinite = ~torch.isfinite(ratio2).all(1)
+        if bool(nonfinite.any()):
+            # a sample whose drift went NaN/inf can never pass the error test: set it aside
+            # (finished, returned as NaN) instead of stalling the loop or the batch norm
+            bad = bad | nonfinite
+            t = torch.where(nonfinite, torch.full_like(t, eps), t)
+            ratio2 = torch.where(expand_to(nonfinite, ratio2), torch.zeros_like(ratio2), ratio2)
         if error_norm == "sample":
             err = ratio2.sum(1).div(n).sqrt()
         else:
-            err = ratio2[t > eps].mean().sqrt().expand(B)
-        accept = (err <= 1) & (h > 0)
+            active = (t > eps) & ~bad
+            err = (ratio2[active].mean().sqrt() if bool(active.any())
+                   else torch.zeros((), dtype=ratio2.dtype, device=ratio2.device)).expand(B)
+        accept = (err <= 1) & (h > 0) & ~bad
         a = expand_to(accept, x)
         x = torch.where(a, x2, x)
         x_prev = torch.where(a, x1, x_prev)
@@ -72,7 +84,7 @@ def adaptive(score_fn, sde, x, *, eps=None, denoise=True, rtol=0.01, atol=0.0078
         t = torch.where(last, torch.full_like(t, eps), torch.where(accept, t - h, t))
         grow = torch.where(err > 0, safety * h * err.clamp(min=1e-300) ** (-exponent),
                            torch.full_like(h, float("inf")))
-        h = torch.minimum((t - eps).clamp(min=0), grow)
+        h = torch.where(bad, torch.zeros_like(h), torch.minimum((t - eps).clamp(min=0), grow))
         if callback is not None:
             callback(it, t.to(x.dtype), x, x)
         bar.update()
@@ -85,4 +97,6 @@ def adaptive(score_fn, sde, x, *, eps=None, denoise=True, rtol=0.01, atol=0.0078
     if denoise:
         x = denoise_tweedie(score_fn, sde, x, torch.full((B,), eps, dtype=x.dtype,
                                                          device=x.device))
+    if bool(bad.any()):
+        x = torch.where(expand_to(bad, x), torch.full_like(x, float("nan")), x)
     return x

@@ -31,7 +31,7 @@ import torch
 
 from sde_lib import VESDE
 from solvers.common import CountingScore, progress_bar, randn, randn_like, time_vector
-from solvers.inverse import check_mask
+from solvers.operators import check_finite, check_mask
 from solvers.result import SampleResult
 
 
@@ -87,7 +87,7 @@ def _anneal(score_fn, sde, x, *, n_steps_each, step_lr, denoise, generator, proj
 @torch.no_grad()
 def annealed_langevin(score_fn, sde, shape=None, *, n_steps_each=5, step_lr=6.2e-6, denoise=True,
                       generator=None, x_init=None, project=None, progress=False, callback=None,
-                      device=None, dtype=torch.float32):
+                      device=None, dtype=torch.float32, on_nonfinite="raise"):
     """NCSN's annealed Langevin dynamics (Algorithm 1) over `sde`'s discrete levels (see the
     module docstring), from x_init or a prior draw N(0, sigma_max^2 I) (`sde.prior_sampling`).
 
@@ -96,6 +96,8 @@ def annealed_langevin(score_fn, sde, shape=None, *, n_steps_each=5, step_lr=6.2e
     `step_lr`). denoise: NCSNv2's last step x + sigma_L^2 s(x, sigma_L). generator: every draw.
     project(x, i, t, sigma) -> x: applied before level i's first step and after each step
     (conditional sampling). callback(i, t, x): after each level.
+    on_nonfinite: 'raise' (default) stops at the level where the score returned NaN/inf, naming
+    it; 'keep' goes on and lists the bad samples in info['nonfinite'] (`solvers.sample`).
     Returns SampleResult; nfe = L n_steps_each (+1 with denoise)."""
     _check_settings(n_steps_each, step_lr)
     annealed_levels(sde)
@@ -114,13 +116,21 @@ def annealed_langevin(score_fn, sde, shape=None, *, n_steps_each=5, step_lr=6.2e
         where = generator.device if generator is not None else device
         x = sde.prior_sampling(tuple(int(s) for s in shape), generator=generator, device=where,
                                dtype=dtype).to(device)
-    counted = CountingScore(score_fn)
+    counted = CountingScore(score_fn, on_nonfinite)
+
+    def level_done(i, t, x):
+        counted.step = i + 1
+        if callback is not None:
+            callback(i, t, x)
+
     x = _anneal(counted, sde, x, n_steps_each=int(n_steps_each), step_lr=float(step_lr),
                 denoise=denoise, generator=generator, project=project, progress=progress,
-                callback=callback)
+                callback=level_done)
     info = {"sampler": "annealed_langevin", "levels": sde.N, "n_steps_each": int(n_steps_each),
             "step_lr": float(step_lr), "denoise": bool(denoise), "sigma_max": sde.sigma_max,
             "sigma_min": sde.sigma_min}
+    if on_nonfinite == "keep":
+        info["nonfinite"] = dict(sorted(counted.nonfinite.items()))
     return SampleResult(x, counted.nfe, info)
 
 
@@ -142,11 +152,14 @@ def annealed_inpaint(score_fn, sde, data, mask, *, n_steps_each=5, step_lr=6.2e-
     data + sigma_i z (one z per level) before the first step and after every step, and the
     Langevin steps move the whole image. The unknown pixels start from the prior (or x_init).
     With `denoise` NCSNv2's last step follows; the known pixels of the result are then `data`
-    exactly. Returns SampleResult."""
+    exactly. `data` must be finite where the mask is 1; its unknown pixels are never read.
+    Returns SampleResult."""
     if not torch.is_tensor(data) or data.dim() < 2:
         raise ValueError(f"data must be a tensor [B, ...], got "
                          f"{tuple(data.shape) if torch.is_tensor(data) else type(data).__name__}")
     mask = check_mask(mask, data.shape).to(device=data.device, dtype=data.dtype)
+    known = mask != 0
+    check_finite("inpainting data", data, where=known)
     if x_init is None:
         where = generator.device if generator is not None else data.device
         x_init = sde.prior_sampling(tuple(data.shape), generator=generator, device=where,
@@ -160,10 +173,10 @@ def annealed_inpaint(score_fn, sde, data, mask, *, n_steps_each=5, step_lr=6.2e-
         if noisy.get("level") != i:
             z = randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
             noisy.update(level=i, known=data + sigma * z)
-        return mask * noisy["known"] + (1 - mask) * x
+        return torch.where(known, noisy["known"], x)
 
     res = annealed_langevin(score_fn, sde, n_steps_each=n_steps_each, step_lr=step_lr,
                             denoise=denoise, generator=generator, x_init=x_init, project=project,
                             progress=progress, callback=callback)
-    x = mask * data + (1 - mask) * res.samples
+    x = torch.where(known, data, res.samples)
     return SampleResult(x, res.nfe, {**res.info, "sampler": "annealed_inpaint"})

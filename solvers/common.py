@@ -2,11 +2,12 @@
 SDE, the Tweedie denoiser, evaluation counting and progress bars."""
 
 import copy
+import math
 
 import torch
 
 from sde_lib import VESDE, expand_to
-from sde_lib.sdes import _BetaSchedule
+from sde_lib.sdes import BetaSchedule
 
 
 def randn(shape, generator=None, device=None, dtype=torch.float32):
@@ -39,7 +40,7 @@ def with_steps(sde, steps):
         return sde
     if isinstance(sde, VESDE):
         return type(sde)(sigma_min=sde.sigma_min, sigma_max=sde.sigma_max, N=steps)
-    if isinstance(sde, _BetaSchedule):
+    if isinstance(sde, BetaSchedule):
         return type(sde)(beta_min=sde.beta_0, beta_max=sde.beta_1, N=steps)
     out = copy.copy(sde)
     out.N = steps
@@ -64,16 +65,129 @@ def denoise_tweedie(score_fn, sde, x, t):
     return (x + expand_to(sigma ** 2, x) * score_fn(x, t)) / expand_to(alpha, x)
 
 
-class CountingScore:
-    """Wrap a score function and count its evaluations (one per call, whatever the batch)."""
+class NonFiniteError(FloatingPointError):
+    """A score evaluation (or a sampler's result) holds NaN or inf."""
 
-    def __init__(self, score_fn):
+
+ON_NONFINITE = ("raise", "keep")
+
+
+def _describe_times(t, rows):
+    """The time(s) of the rows `rows` of t ([B] or a scalar) as short text."""
+    t = torch.as_tensor(t).detach().flatten()
+    t = t[rows.to(t.device)] if t.numel() > 1 else t
+    lo, hi = float(t.min()), float(t.max())
+    return f"t = {lo:.6g}" if lo == hi else f"t in [{lo:.6g}, {hi:.6g}]"
+
+
+def _rows_text(rows, limit=10):
+    rows = rows.tolist()
+    return f"{rows[:limit]}{' ...' if len(rows) > limit else ''}"
+
+
+class CountingScore:
+    """Wrap a score function: count its evaluations (one per call, whatever the batch) and check
+    that each output is finite.
+
+    on_nonfinite='raise' (default): an output holding NaN/inf raises NonFiniteError naming the
+    sampler step (`step`, the number of completed steps, kept up to date by `sample` through the
+    sampler's callback), the score evaluation, the time and the samples concerned.
+    on_nonfinite='keep': the output is passed on unchanged and the samples are recorded in
+    `nonfinite` ({row + row_offset: (step, t)} at their first bad evaluation).
+    The check costs one reduction and, on an accelerator, one host synchronisation per
+    evaluation (benchmarks/finite_checks.py)."""
+
+    def __init__(self, score_fn, on_nonfinite="raise", row_offset=0):
+        if on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
         self.score_fn = score_fn
+        self.on_nonfinite = on_nonfinite
+        self.row_offset = int(row_offset)
         self.nfe = 0
+        self.step = 0
+        self.nonfinite = {}
 
     def __call__(self, x, t):
         self.nfe += 1
-        return self.score_fn(x, t)
+        out = self.score_fn(x, t)
+        if torch.is_tensor(out) and out.dim() > 0:
+            self.check(out, t)
+        return out
+
+    def check(self, out, t):
+        finite = torch.isfinite(out).reshape(out.shape[0], -1).all(1)
+        if bool(finite.all()):
+            return
+        rows = (~finite).nonzero().flatten()
+        when = _describe_times(t, rows)
+        if self.on_nonfinite == "raise":
+            raise NonFiniteError(
+                f"the score function returned NaN/inf at sampler step {self.step + 1} (score "
+                f"evaluation {self.nfe}, {when}) for {rows.numel()} of {out.shape[0]} samples "
+                f"(rows {_rows_text(rows + self.row_offset)}); sampling stopped there. Pass "
+                f"on_nonfinite='keep' to go on and have the bad samples reported instead")
+        for r in rows.tolist():
+            self.nonfinite.setdefault(r + self.row_offset, (self.step + 1, when))
+
+
+def check_finite_samples(x, what, on_nonfinite="raise", row_offset=0):
+    """Rows of x [B, ...] that hold NaN/inf (a list, offset by `row_offset`); with
+    on_nonfinite='raise' any such row is a NonFiniteError naming `what`."""
+    finite = torch.isfinite(x).reshape(x.shape[0], -1).all(1)
+    if bool(finite.all()):
+        return []
+    rows = (~finite).nonzero().flatten() + int(row_offset)
+    if on_nonfinite == "raise":
+        raise NonFiniteError(f"{what} holds NaN/inf in {rows.numel()} of {x.shape[0]} samples "
+                             f"(rows {_rows_text(rows)})")
+    return rows.tolist()
+
+
+def probe_batch(sample_shape, device=None, dtype=torch.float32):
+    """Two different samples of `sample_shape`, [2, *sample_shape]: zeros and a ramp over
+    [-1, 1] (the inputs of the shape probes)."""
+    sample_shape = tuple(int(s) for s in sample_shape)
+    ramp = torch.linspace(-1.0, 1.0, math.prod(sample_shape), device=device,
+                          dtype=dtype).reshape(sample_shape)
+    return torch.stack([torch.zeros_like(ramp), ramp])
+
+
+def probe_score(score_fn, sde, sample_shape, device=None, dtype=torch.float32):
+    """Evaluate score_fn once at t = T on a batch of two different samples of `sample_shape`
+    (zeros, and a ramp over [-1, 1]) and check that the output is a tensor of the input's shape,
+    so that a shape that does not fit the model, or an output of batch 1 that would broadcast,
+    fails before any work. Not counted in any NFE."""
+    sample_shape = tuple(int(s) for s in sample_shape)
+    x = probe_batch(sample_shape, device, dtype)
+    try:
+        out = score_fn(x, time_vector(sde.T, x))
+    except Exception as e:  # a model that cannot take this shape raises its own error
+        raise ValueError(f"the score function fails on samples of shape {list(sample_shape)} "
+                         f"(probe of shape {list(x.shape)}): {type(e).__name__}: {e}") from e
+    if not torch.is_tensor(out) or out.shape != x.shape:
+        got = list(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ValueError(f"the score function returns {got} for input of shape {list(x.shape)}: "
+                         f"samples of shape {list(sample_shape)} do not fit the model (the "
+                         f"output must have the input's shape, one row per sample)")
+    return x
+
+
+def finite_positive(v):
+    """Whether v is a number (or one-element tensor) that is finite and > 0."""
+    try:
+        return math.isfinite(float(v)) and float(v) > 0
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def batch_slices(n, batch_size=None):
+    """Slices of at most `batch_size` rows covering range(n) in order (one slice when None)."""
+    if batch_size is None:
+        return [slice(0, n)]
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    b = int(batch_size)
+    return [slice(i, min(i + b, n)) for i in range(0, n, b)]
 
 
 def progress_bar(total=None, enabled=False, desc=None):

@@ -10,6 +10,8 @@ smallest noise level visited), `options` are the corrector's own keyword argumen
 `corrector_options=` to `solvers.sample`). `x_mean` is the state before the last step's noise.
 """
 
+import warnings
+
 import torch
 
 from sde_lib import expand_to
@@ -37,6 +39,18 @@ def _discrete_alpha(sde, t):
     return alphas.to(device=t.device, dtype=t.dtype)[sde.timestep(t)]
 
 
+def _finite_mean(v):
+    """The mean of the finite entries of v [B] (all of them, the plain mean, when all are
+    finite); warns naming how many were left out."""
+    finite = torch.isfinite(v)
+    if bool(finite.all()):
+        return v.mean()
+    bad = int((~finite).sum())
+    warnings.warn(f"langevin corrector: {bad} of {v.numel()} samples have a NaN/inf score; the "
+                  f"batch-averaged score norm leaves them out", RuntimeWarning, stacklevel=3)
+    return v[finite].mean() if bad < v.numel() else v.mean()
+
+
 def _langevin_step(x, grad, noise, step):
     """x_mean = x + step * grad, x = x_mean + sqrt(2 step) z, step: [B]."""
     step = expand_to(step, x)
@@ -50,7 +64,9 @@ def langevin(score_fn, sde, x, t, *, snr, n_steps, eps, generator=None, norm="ba
     step = 2 alpha_i (snr ||z|| / ||score||)^2, alpha_i = 1 - beta_i for VP/sub-VP, 1 for VE.
 
     norm='batch' (default, the original's rule): ||z|| and ||score|| are the per-sample L2
-    norms averaged over the batch, so each sample's step depends on its batch-mates.
+    norms averaged over the batch, so each sample's step depends on its batch-mates; samples
+    whose score is NaN/inf are left out of the average (with a warning), so that one bad sample
+    does not turn the whole batch to NaN.
     norm='sample': each sample uses its own norms (a batch-independent sampler)."""
     if norm not in ("batch", "sample"):
         raise ValueError(f"langevin norm must be 'batch' or 'sample', got {norm!r}")
@@ -62,7 +78,7 @@ def langevin(score_fn, sde, x, t, *, snr, n_steps, eps, generator=None, norm="ba
         grad_norm = grad.flatten(1).norm(dim=1)
         noise_norm = noise.flatten(1).norm(dim=1)
         if norm == "batch":
-            grad_norm, noise_norm = grad_norm.mean(), noise_norm.mean()
+            grad_norm, noise_norm = _finite_mean(grad_norm), noise_norm.mean()
         step = 2 * alpha * (snr * noise_norm / grad_norm) ** 2
         x, x_mean = _langevin_step(x, grad, noise, step)
     return x, x_mean

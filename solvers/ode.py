@@ -15,6 +15,7 @@ rtol = atol = 1e-5.
 
 import torch
 
+from sde_lib import expand_to
 from solvers.common import CountingScore, progress_bar, time_vector
 from solvers.result import EncodeResult, SampleResult
 
@@ -35,10 +36,15 @@ def integrate(score_fn, sde, x, t_start, t_end, *, rtol=1e-5, atol=1e-5, method=
               ode_options=None, progress=False, callback=None):
     """x(t_end) from x(t_start) = x along the probability-flow ODE (either direction).
 
-    callback(i, t, x, x), if given, sees every evaluation of the drift (trial steps included)."""
+    callback(i, t, x, x), if given, sees every evaluation of the drift (trial steps included).
+
+    The solver controls the error of the whole batch as one vector, so a sample whose drift
+    turns NaN/inf would stall every other (the step size collapses); such a sample is set
+    aside instead: its drift is taken as 0 from then on and it comes back as NaN."""
     drift = probability_flow_drift(score_fn, sde)
     bar = progress_bar(None, progress, desc="ode")
     count = [0]
+    bad = [None]   # [B] bool: samples set aside
     lo, hi = sorted((float(t_start), float(t_end)))
 
     def f(x, t):
@@ -49,15 +55,25 @@ def integrate(score_fn, sde, x, t_start, t_end, *, rtol=1e-5, atol=1e-5, method=
             callback(count[0], vec_t, x, x)
         count[0] += 1
         bar.update()
-        return drift(x, vec_t)
+        d = drift(x, vec_t)
+        finite = torch.isfinite(d).reshape(d.shape[0], -1).all(1)
+        if not bool(finite.all()):
+            bad[0] = ~finite if bad[0] is None else bad[0] | ~finite
+        if bad[0] is not None:
+            d = torch.where(expand_to(bad[0], d), torch.zeros_like(d), d)
+        return d
 
     try:
         if isinstance(method, str) and method.startswith(_SCIPY_PREFIX):
-            return _integrate_scipy(f, x, t_start, t_end, rtol, atol,
-                                    method[len(_SCIPY_PREFIX):], ode_options)
-        return _integrate_torchdiffeq(f, x, t_start, t_end, rtol, atol, method, ode_options)
+            out = _integrate_scipy(f, x, t_start, t_end, rtol, atol,
+                                   method[len(_SCIPY_PREFIX):], ode_options)
+        else:
+            out = _integrate_torchdiffeq(f, x, t_start, t_end, rtol, atol, method, ode_options)
     finally:
         bar.close()
+    if bad[0] is not None:
+        out = torch.where(expand_to(bad[0], out), torch.full_like(out, float("nan")), out)
+    return out
 
 
 def _integrate_torchdiffeq(f, x, t_start, t_end, rtol, atol, method, options):

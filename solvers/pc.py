@@ -4,7 +4,7 @@ import inspect
 
 import torch
 
-from solvers.common import progress_bar, time_vector, with_steps
+from solvers.common import finite_positive, progress_bar, time_vector, with_steps
 from solvers.correctors import get_corrector
 from solvers.predictors import get_predictor
 
@@ -31,6 +31,13 @@ def pc_sampler(score_fn, sde, x, *, predictor="reverse_diffusion", corrector="la
     corrector that each evaluate the score once per step (the original's count).
     """
     steps = sde.N if steps is None else steps
+    if isinstance(steps, bool) or int(steps) != steps or steps < 2:
+        raise ValueError(f"the PC sampler needs steps >= 2 (its times are linspace(T, eps, "
+                         f"steps), so one step would stay at T and return the prior draw), got "
+                         f"{steps!r}")
+    steps = int(steps)
+    if not finite_positive(snr):
+        raise ValueError(f"snr must be a finite positive number, got {snr!r}")
     predict = get_predictor(predictor)
     correct = get_corrector(corrector)
     predictor_options = _check_options(predict, predictor_options, "predictor", predictor,

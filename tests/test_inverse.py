@@ -17,9 +17,9 @@ import torch
 
 from sde_lib import VESDE, VPSDE, oracle, subVPSDE
 from solvers.conditional import colorize, inpaint
-from solvers.inverse import (COLOR_BASIS, Blur, Colorization, FunctionOperator, LinearOperator,
-                             Mask, MatrixOperator, SuperResolution, couple, decouple,
-                             linear_inverse)
+from solvers.inverse import linear_inverse
+from solvers.operators import (COLOR_BASIS, Blur, Colorization, FunctionOperator, LinearOperator,
+                               Mask, MatrixOperator, SuperResolution, couple, decouple)
 
 SDES = {"ve": lambda: VESDE(sigma_min=0.01, sigma_max=10.0), "vp": VPSDE, "subvp": subVPSDE}
 
