@@ -19,13 +19,11 @@ held-out accuracy and a fingerprint of its weights. Images: [N, 8, 8], [N, 1, H,
 .npz file; sizes other than 8x8 (e.g. the 16x16 of the digits configs) are area-resized to 8x8.
 
 Cache: $SCORE_SDE_CACHE, else $XDG_CACHE_HOME/score_sde_toolkit, else ~/.cache/score_sde_toolkit.
-`python -m evaluation.digits_features` trains (or loads) the classifier and prints reference figures.
+`python benchmarks/digits_features.py` trains (or loads) the classifier and prints reference figures.
 """
 
 import hashlib
-import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 
 from evaluation.metrics import (as_nchw, check_float_range, classifier_score, fid_from_features,
                               kernel_distance, load_images)
+from sde_lib.fileio import save_torch
 
 CACHE_ENV = "SCORE_SDE_CACHE"
 NUM_TRAIN = 1497  # training.data's DIGITS split: the first 1497 images train, the last 300 test
@@ -201,18 +200,7 @@ def _cache_file(directory, seed, epochs):
 
 
 def _save_atomic(obj, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    save_torch(obj, path)
 
 
 def _load_cached(path):
@@ -363,38 +351,3 @@ def _gaussian_blur(x, sigma):
     k = k / k.sum()
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-
-
-def main():
-    """Reference figures: the classifier's accuracy and distances of real / corrupted digits."""
-    import platform
-    import time
-    t0 = time.time()
-    clf = load_digits_classifier()
-    print(f"classifier: {clf.info}  ({time.time() - t0:.1f} s, threads={torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()})")
-    x, _ = digits_images("all")
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(x), generator=g)
-    a, b = x[perm[:len(x) // 2]], x[perm[len(x) // 2:]]
-
-    def up(v):  # as training.data resizes DIGITS for the 16x16 configs
-        return F.interpolate(v, size=(16, 16), mode="bilinear", align_corners=False)
-
-    cases = {"real vs real": (b, a),
-             "real 16x16 vs real 16x16": (up(b), up(a)),
-             "real 16x16 vs real 8x8 (mismatched)": (up(b), a),
-             "blurred (sigma = 1 px) vs real": (_gaussian_blur(b, 1.0), a),
-             "uniform noise vs real": (torch.rand(b.shape, generator=g), a)}
-    print(f"two halves of all 1797 digits (random split, seed 0): {len(b)} 'samples' vs {len(a)} reference;"
-          f" last line: the 300 held-out digits vs the 1497 training digits (the default reference)")
-    cases["held-out digits/test vs 'train'"] = (digits_images("test")[0], "train")
-    for name, (s, ref) in cases.items():
-        m = digits_metrics(s, ref, classifier=clf)
-        print(f"{name:36s} digits_fid={m['digits_fid']:8.3f}  digits_kid={m['digits_kid_mean']:8.4f}"
-              f" +- {m['digits_kid_std']:.4f}  mean_max_prob={m['mean_max_prob']:.3f}  "
-              f"classifier_score={m['classifier_score']:.2f}")
-
-
-if __name__ == "__main__":
-    main()

@@ -41,6 +41,12 @@ def read_checkpoint(path, map_location='cpu'):
         raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint path {path!r} is not a file")
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if not (head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'):  # zip or legacy pickle
+        raise CheckpointError(f"{path!r} is not a checkpoint: a PyTorch checkpoint file starts "
+                              f"as a zip archive (or a legacy pickle), this one starts with "
+                              f"{head!r}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

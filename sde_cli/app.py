@@ -1,0 +1,122 @@
+"""The dispatcher: ``python -m sde_lib.run [COMMAND] [options] [--config.a.b=value ...]``.
+
+With no command it runs the main job: train a small score model on the built-in offline
+default (scikit-learn's 8x8 digits), sample it, and write a PNG grid and a JSON summary:
+
+    python -m sde_lib.run --sde ve --sampler pc        # also --sde vp | subvp
+
+Commands (``python -m sde_lib.run COMMAND --help`` lists each one's options):
+
+    main        train, then sample (the default)
+    train       train or resume (a stopped run's --workdir continues where it stopped)
+    sample      sample a checkpoint: PNG grid, .npz and .json
+    eval        evaluation losses (and bits/dim, samples) of the workdir's checkpoints
+    likelihood  bits/dim of a data split under a checkpoint
+    advise      NCSNv2 noise-schedule advisor
+    inpaint     inpaint images of a split with a checkpoint (before/after PNG grids)
+    colorize    colorize grey versions of images of a split
+    conditional class-conditional sampling with a noise-conditional classifier
+
+The original's ``--mode train|eval`` is accepted too. Expected errors (unknown config, bad value,
+missing or corrupt checkpoint or data, I/O) print one ``error: ...`` line and exit with status 1;
+``--debug`` shows the traceback. Multi-GPU / multi-node: ``torchrun --nproc_per_node=K -m
+sde_lib.run train ...``.
+"""
+
+import dataclasses
+import importlib
+import sys
+from typing import Callable
+
+from sde_lib.registry import Registry
+from sde_cli.options import CLIError, new_parser, split_config_overrides
+
+DEFAULT_COMMAND = "main"
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A command: `add_arguments(parser)` declares its options, `run(args) -> int` runs it.
+    `args.config_overrides` holds the ``--config.x.y=value`` items."""
+    help: str
+    add_arguments: Callable
+    run: Callable
+
+
+# name -> module holding its `COMMAND`; a module is imported only when its command runs.
+COMMANDS = Registry("command")
+for _name in ("main", "train", "sample", "eval", "likelihood", "advise", "inpaint", "colorize",
+              "conditional"):
+    COMMANDS.register(_name, lambda _n=_name: importlib.import_module(f"sde_cli.{_n}").COMMAND)
+
+
+def _pick_command(argv):
+    """(command, remaining argv): a leading command name, else --mode NAME, else the default."""
+    if argv and argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    for i, a in enumerate(argv):
+        if a == "--mode" and i + 1 < len(argv):
+            return argv[i + 1].lower(), argv[:i] + argv[i + 2:]
+        if a.startswith("--mode="):
+            return a.split("=", 1)[1].lower(), argv[:i] + argv[i + 1:]
+    if argv and not argv[0].startswith("-"):
+        raise CLIError(f"unknown command {argv[0]!r}; known: {', '.join(COMMANDS)}")
+    return DEFAULT_COMMAND, argv
+
+
+def parse(name, argv, prog=None):
+    """(command, args) for `name` and its argv; `prog` names the program in help texts."""
+    if name not in COMMANDS:
+        raise CLIError(f"unknown command {name!r}; known: {', '.join(COMMANDS)}")
+    command = COMMANDS.get(name)()
+    argv, overrides = split_config_overrides(list(argv))
+    if prog is None:
+        prog = "python -m sde_lib.run" + (f" {name}" if name != DEFAULT_COMMAND else "")
+    parser = new_parser(prog, command.help)
+    command.add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.config_overrides = overrides
+    args.command = name
+    return command, args
+
+
+def run(name, argv, prog=None):
+    """Parse and run one command; expected errors become one ``error:`` line and status 1."""
+    debug, args = "--debug" in argv, None
+    try:
+        command, args = parse(name, argv, prog)
+        return int(command.run(args) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; --debug shows where
+        if debug:
+            raise
+        print(f"error: {_message(e)}", file=sys.stderr)
+        return 1
+    finally:
+        lock = getattr(args, "lock", None)
+        if lock is not None:
+            lock.release()
+
+
+def _message(e):
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        text = e.args[0]
+    if isinstance(e, (CLIError, OSError, ValueError, KeyError)):
+        return text.splitlines()[0] if len(text) > 2000 else text
+    return f"{type(e).__name__}: {text} (--debug shows the traceback)"
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    try:
+        name, argv = _pick_command(argv)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return run(name, argv)

@@ -1,0 +1,155 @@
+"""``python -m sde_lib.run likelihood`` (also ``python -m likelihood.evaluate``): bits/dim of a
+data split under a checkpoint through the probability-flow ODE, resumable.
+
+Pixel levels, one rule for every command: --levels L (or --bits B: L = 2^B), else the dataset's
+own number of pixel values (256 for 8-bit image data, 17 for DIGITS); data whose levels are
+unknown (float data) is an error that asks for --levels, never a guess.
+
+Records (one JSON line per batch) are keyed by the checkpoint's step and content digest, the
+config and every setting that changes the number; the default records file carries the key in
+its name, so another checkpoint or setting never reuses them.
+"""
+
+import math
+import os
+import time
+
+import torch
+
+from sde_cli.app import Command
+from sde_cli.options import CLIError, add_run_flags, flag, positive_float, positive_int
+from sde_cli.outputs import write_json
+from sde_cli.sample import add_source_flags, load_score_model
+
+
+def pixel_levels(args, dataset, config):
+    """The one rule for the number of pixel values (see the module docstring)."""
+    if getattr(args, "levels", None) is not None:
+        return int(args.levels)
+    if getattr(args, "bits", None) is not None:
+        return 2 ** int(args.bits)
+    levels = getattr(dataset, "levels", None)
+    if levels is None:
+        raise CLIError(f"the pixel levels of {config.data.dataset} are unknown (float data?); "
+                       f"bits/dim needs discrete pixel values: pass --levels L or --bits B")
+    return int(levels)
+
+
+def bits_per_dim(model, sde, config, args, device, split, out_dir, source, *, step=None):
+    """Bits/dim of a split (resumable records in `out_dir`) as the flags say; returns the
+    summary with the settings and the records path."""
+    from configs import config_to_json
+    from evaluation.bits_per_dim import checkpoint_identity, evaluate_split, run_key
+    from networks import get_score_fn
+    from training.data import get_data_scaler, load_dataset
+    ds = load_dataset(config, split, data_dir=args.data_dir)
+    levels = pixel_levels(args, ds, config)
+    n = len(ds) if args.num_images is None else min(args.num_images, len(ds))
+    batch = min(int(args.batch or config.eval.batch_size), n)
+    scaler = get_data_scaler(config)
+    data_range = (float(scaler(torch.tensor(0.0))), float(scaler(torch.tensor(1.0))))
+    score_fn = get_score_fn(sde, model, continuous=bool(config.training.get("continuous", True)))
+    eps = sde.likelihood_eps if args.likelihood_eps is None else args.likelihood_eps
+    seed = int(config.seed)
+    settings = {"split": split, "batch_size": batch, "seed": seed, "eps": eps,
+                "estimator": args.estimator, "n_probes": args.n_probes, "levels": levels,
+                "data_range": list(data_range), "rtol": args.rtol, "atol": args.atol,
+                "num_images": n}
+    key = run_key(checkpoint=checkpoint_identity(source, step), config=config_to_json(config),
+                  settings=settings)
+    records = args.records or os.path.join(out_dir, f"bpd_{split}_{key}.jsonl")
+    num_batches = math.ceil(n / batch)
+    if args.num_batches is not None:
+        num_batches = min(num_batches, args.num_batches)
+    summary = evaluate_split(score_fn, sde, ds, data_range=data_range, batch_size=batch,
+                             out=records, seed=seed, key=key, num_batches=num_batches,
+                             repeats=args.repeats, device=device, progress=args.progress,
+                             fresh=args.fresh, levels=levels, estimator=args.estimator,
+                             n_probes=args.n_probes, rtol=args.rtol, atol=args.atol, eps=eps)
+    return dict(summary, split=split, eps=eps, levels=levels, key=key, records=records,
+                settings=settings)
+
+
+def run(args):
+    from training.checkpoints import checkpoint_step
+    source, config, model, sde, device = load_score_model(args)
+    out_dir = _out_dir(args, source)
+    step = None if getattr(args, "diffusers", None) else checkpoint_step(source)
+    t0 = time.time()
+    res = bits_per_dim(model, sde, config, args, device, args.split, out_dir, source, step=step)
+    res.update(checkpoint=source, step=step, seconds=time.time() - t0,
+               sde=str(config.training.sde))
+    path = write_json(os.path.splitext(res["records"])[0] + ".json", res)
+    print(f"bits/dim on {res['num_images']} {args.split} images: {res['bpd']:.4f} "
+          f"+- {res['bpd_stderr']:.4f} (standard error; eps {res['eps']:g}; {path})")
+    return 0
+
+
+def _out_dir(args, source):
+    from sde_cli.options import check_writable
+    if args.records:
+        return check_writable(os.path.dirname(os.path.abspath(args.records)))
+    if args.out:
+        return check_writable(args.out)
+    if getattr(args, "diffusers", None) or os.path.isdir(source):
+        return check_writable(os.path.join(args.workdir or "runs", "eval"))
+    return check_writable(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(source))),
+                                       "eval"))
+
+
+def add_likelihood_flags(parser):
+    """The bits/dim settings (shared with `eval`)."""
+    from likelihood.divergence import ESTIMATORS
+    g = parser.add_argument_group("bits/dim")
+    flag(g, "num-images", type=positive_int, help="evaluate the first N images only "
+         "(default: the whole split)")
+    flag(g, "num-batches", type=positive_int, help="evaluate the first N batches only")
+    flag(g, "batch", aliases=("--batch-size", "--batch_size"), type=positive_int,
+         help="images per batch (default config.eval.batch_size)")
+    flag(g, "repeats", type=positive_int, default=1,
+         help="passes over the split with fresh noise (the original uses 5 for test)")
+    flag(g, "estimator", default="rademacher", choices=ESTIMATORS,
+         help=f"divergence estimator, one of: {', '.join(ESTIMATORS)}")
+    flag(g, "n-probes", type=positive_int, default=1,
+         help="Hutchinson probes per image (a standard error needs 2 or more)")
+    flag(g, "likelihood-eps", type=positive_float,
+         help="ODE start time (default the SDE's likelihood_eps, 1e-5)")
+    flag(g, "rtol", type=positive_float, default=1e-5, help="ODE solver rtol")
+    flag(g, "atol", type=positive_float, default=1e-5, help="ODE solver atol")
+    flag(g, "levels", type=positive_int, help="pixel values per channel (default: the "
+         "dataset's: 256 for 8-bit data, 17 for DIGITS; unknown levels are an error)")
+    flag(g, "bits", type=positive_int, help="bits per pixel value: --levels 2^bits")
+    flag(g, "fresh", action="store_true", help="replace records of other work in the records "
+         "file instead of refusing it")
+
+
+def add_arguments(parser):
+    add_run_flags(parser)
+    add_source_flags(parser)
+    add_likelihood_flags(parser)
+    # The ODE start time is this command's only eps: --eps is accepted for it.
+    parser.add_argument("--eps", dest="likelihood_eps", type=positive_float,
+                        help="same as --likelihood-eps")
+    flag(parser, "split", default="test", choices=["train", "test"], help="data split")
+    flag(parser, "out", help="output folder (default <workdir>/eval); a path ending in .jsonl "
+         "is taken as --records")
+    flag(parser, "records", help="JSONL records file (default <out>/bpd_<split>_<key>.jsonl)")
+
+
+def _fix(args):
+    if args.out and args.out.endswith(".jsonl") and not args.records:
+        args.records, args.out = args.out, None
+    return args
+
+
+COMMAND = Command("Bits/dim of a data split under a checkpoint (probability-flow ODE), "
+                  "resumable: <out>/bpd_<split>_<key>.jsonl records and .json summary.",
+                  add_arguments, lambda args: run(_fix(args)))
+
+
+def main(argv=None):
+    """``python -m likelihood.evaluate ...``: the same command under its documented name."""
+    import sys
+    from sde_cli.app import run as run_command
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_command("likelihood", argv, prog="python -m likelihood.evaluate")
