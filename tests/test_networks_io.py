@@ -11,32 +11,18 @@ import pytest
 import torch
 import torch.nn as nn
 
+import configs
 import networks
 from networks import CheckpointError, ExponentialMovingAverage, get_score_fn
 from sde_lib import VESDE, VPSDE, subVPSDE
 
-configs = pytest.importorskip("configs")
-
-HERE = Path(__file__).resolve().parent
-FIXTURE_DIRS = [HERE / "data" / "score_sde_pytorch",
-                HERE.parents[0].parent / "shared" / "fixtures" / "score_sde_pytorch"]
+FIXTURE_DIR = Path(__file__).resolve().parent / "data" / "score_sde_pytorch"
 NAME = "ve_ncsnpp_cifar"
-
-
-def _fixture_dir():
-    for d in FIXTURE_DIRS:
-        if (d / "index.json").is_file() and (d / f"{NAME}.pth").is_file():
-            return d
-    pytest.skip("fixture score_sde_pytorch/ve_ncsnpp_cifar.pth not found in tests/data or shared")
 
 
 @pytest.fixture(scope="module")
 def fixture():
-    try:
-        import networks.ncsnpp  # noqa: F401
-    except ModuleNotFoundError:
-        pytest.skip("networks/ncsnpp.py (NCSN++) is not present yet")
-    d = _fixture_dir()
+    d = FIXTURE_DIR
     entry = json.loads((d / "index.json").read_text())[NAME]
     config = configs.load_config(entry["config_module"], entry["overrides"])
     config.device = "cpu"

@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+import configs
 import networks
 from networks.ncsn_layers import ResidualBlock
 from networks.normalization import (ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus,
                                     get_normalization)
-
-configs = pytest.importorskip("configs")
 
 NCSN_FAMILY = {"ncsn", "ncsnv2", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256", "ncsnv2_deeper",
                "ncsnv2_deepest"}

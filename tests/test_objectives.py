@@ -8,6 +8,7 @@ import torch
 from ml_collections import ConfigDict
 
 from sde_lib import VESDE, VPSDE, oracle
+from training import losses
 from training import objectives as obj
 
 D64 = torch.float64
@@ -201,7 +202,6 @@ def test_noise_conditional_minimisers_agree_with_dsm_and_exact_score():
     -(SIGMA + sigma^2 I)^{-1} (x - MU). DSM's estimate degrades as sigma -> 0 (its regression
     target -z/sigma has variance 1/sigma^2; at 0.05 it is ~25% off here, the SM objectives
     ~4%), so DSM is compared at sigma >= 0.3 only."""
-    losses = pytest.importorskip("training.losses")
     vesde = VESDE(sigma_min=0.05, sigma_max=1.0, N=4)
     sigmas = losses.smld_sigmas(vesde).to(D64)  # 1.0, 0.368, 0.136, 0.05
     fits = {name: fit_per_level(lambda s, x, lab, g, f=obj.get_objective(name):
@@ -254,7 +254,6 @@ def test_time_conditional_model_recovers_gaussian_with_ssm_and_dsm(sde, t_min):
     x = oracle.gaussian(MU, SIGMA).sample(n, generator=torch.Generator().manual_seed(0), dtype=D64)
     t = t_min + (0.6 - t_min) * torch.rand(n, generator=torch.Generator().manual_seed(1), dtype=D64)
     fitted = []
-    losses = pytest.importorskip("training.losses")
     toolkit_dsm = lambda s, x, t, sde, generator: losses.dsm_loss(  # noqa: E731
         s, sde, x, t=t, generator=generator)
     for loss in [obj.get_objective("ssm_vr", reduce_mean=True), dsm_reference, toolkit_dsm]:
