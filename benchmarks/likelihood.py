@@ -1,5 +1,5 @@
 """Likelihood: this toolkit against the original's approach, on the exact-score oracle and on a
-real network (the shared fixture's NCSN++ checkpoint, where present).
+real network (the NCSN++ checkpoint of tests/data/score_sde_pytorch).
 
     OMP_NUM_THREADS=1 python -m benchmarks.likelihood [--device cpu|cuda] [--batch 16] \
         [--tol 1e-5] [--sdes ve,vp,subvp] [--network-batch 4]
@@ -75,11 +75,11 @@ def datasets():
     return {"gauss D=64": d64, "mixture D=3072": d3072}
 
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "score_sde_pytorch"
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "score_sde_pytorch"
 
 
 def network_comparison(args, device):
-    """Both methods on a real network: the NCSN++ checkpoint of the shared fixture (original
+    """Both methods on a real network: the NCSN++ checkpoint of the tests' fixture (original
     format, VE, 16x16x3, nf 16), on `args.network_batch` 8-bit images made from the fixture's
     inputs, with the same probe. No closed form here: the column is the two methods' difference."""
     import json

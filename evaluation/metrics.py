@@ -11,8 +11,8 @@ Two layers:
   classifier's probabilities, Salimans et al. 2016). `evaluation.digits_features` uses them with a
   small classifier trained on the built-in digits, which needs no download.
 
-FID depends on the sample count, the reference set and the seed (PITFALLS.md): every result dict
-here carries them.
+FID depends on the sample count (it is biased upward for small counts), the reference set and the
+seed, so every result dict here carries them.
 """
 
 import math
