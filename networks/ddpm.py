@@ -29,6 +29,9 @@ class DDPM(nn.Module):
         num_res_blocks, num_resolutions = self.num_res_blocks, self.num_resolutions
         conditional, channels = self.conditional, self.num_channels
         resamp_with_conv = bool(m.resamp_with_conv)
+        # Original DDPM (diffusion_tf, and diffusers' AttnUpBlock2D) attends after every up-path
+        # residual block; score_sde_pytorch once per level. `model.attn_every_up_block` picks the former.
+        self.attn_every_up_block = bool(m.get('attn_every_up_block', False))
         bad = [nf * c for c in (1,) + ch_mult if (nf * c) % 32]
         if bad:
             raise ValueError(f"DDPM needs channel counts divisible by 32 (GroupNorm(32)); nf={nf}, "
@@ -68,7 +71,9 @@ class DDPM(nn.Module):
                 out_ch = nf * ch_mult[i_level]
                 modules.append(resnet_block(in_ch + hs_c.pop(), out_ch))
                 in_ch = out_ch
-            if self.attn_at_level[i_level]:
+                if self.attn_every_up_block and self.attn_at_level[i_level]:
+                    modules.append(layers.AttnBlock(channels=in_ch))
+            if not self.attn_every_up_block and self.attn_at_level[i_level]:
                 modules.append(layers.AttnBlock(channels=in_ch))
             if i_level != 0:
                 modules.append(layers.Upsample(channels=in_ch, with_conv=resamp_with_conv))
@@ -113,7 +118,9 @@ class DDPM(nn.Module):
         for i_level in reversed(range(self.num_resolutions)):
             for _ in range(self.num_res_blocks + 1):
                 h = next(mods)(torch.cat([h, hs.pop()], dim=1), temb)
-            if self.attn_at_level[i_level]:
+                if self.attn_every_up_block and self.attn_at_level[i_level]:
+                    h = next(mods)(h)
+            if not self.attn_every_up_block and self.attn_at_level[i_level]:
                 h = next(mods)(h)
             if i_level != 0:
                 h = next(mods)(h)
