@@ -197,27 +197,27 @@ def _png_ok(path, mode):
         return im.mode == mode and im.width >= 64
 
 
-def test_cli_inpaint_colorize_conditional_write_grids(tiny_checkpoints, tmp_path):
-    from sde_lib import controllable
+def test_cli_inpaint_colorize_conditional_write_grids(tiny_checkpoints, tmp_path, capsys):
+    from sde_cli.app import main as cli
     common = ["--steps", "30", "-n", "4", "--out", str(tmp_path), "--no-progress"]
-    assert controllable.main(["inpaint", "--checkpoint", str(tiny_checkpoints[1]), "--stem", "inp",
+    assert cli(["inpaint", "--checkpoint", str(tiny_checkpoints[1]), "--stem", "inp",
                               "--mask", "left", *common]) == 0
     info = json.loads((tmp_path / "inp.json").read_text())
     assert info["max_error_on_observed"] == 0 and info["options"]["method"] == "projection"
     for part in ("original", "before", "after"):
         assert _png_ok(tmp_path / f"inp_{part}.png", "L")
-    assert controllable.main(["colorize", "--checkpoint", str(tiny_checkpoints[3]), "--stem", "col",
+    assert cli(["colorize", "--checkpoint", str(tiny_checkpoints[3]), "--stem", "col",
                               "--init", "original", *common]) == 0
     assert _png_ok(tmp_path / "col_after.png", "RGB") and _png_ok(tmp_path / "col_before.png", "RGB")
     assert json.loads((tmp_path / "col.json").read_text())["max_error_on_observed"] < 1e-5
     clf = tmp_path / "clf.pt"
-    assert controllable.main(["conditional", "--checkpoint", str(tiny_checkpoints[1]),
+    assert cli(["conditional", "--checkpoint", str(tiny_checkpoints[1]),
                               "--classifier", str(clf), "--train-steps", "5", "--width", "8",
                               "--labels", "3,4", "--stem", "cond", *common]) == 0
     assert clf.is_file() and _png_ok(tmp_path / "cond_after.png", "L")
     assert json.loads((tmp_path / "cond.json").read_text())["labels"] == [3, 4, 3, 4]
-    with pytest.raises(SystemExit, match="out of range"):
-        controllable.main(["conditional", "--checkpoint", str(tiny_checkpoints[1]),
-                           "--classifier", str(clf), "--labels", "12", *common])
-    with pytest.raises(SystemExit, match="colorize needs an RGB model"):
-        controllable.main(["colorize", "--checkpoint", str(tiny_checkpoints[1]), *common])
+    assert cli(["conditional", "--checkpoint", str(tiny_checkpoints[1]),
+                "--classifier", str(clf), "--labels", "12", *common]) == 1
+    assert "out of range" in capsys.readouterr().err
+    assert cli(["colorize", "--checkpoint", str(tiny_checkpoints[1]), *common]) == 1
+    assert "colorize needs an RGB model" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def test_optimizer_warmup_and_clipping():
 
 def test_a_few_steps_lower_the_loss(tmp_path):
     from sde_lib import get_sde
-    from training.commands import dataset_loss
+    from sde_cli.eval import dataset_loss
     from training.data import load_dataset
     from training.losses import get_loss_fn
     from training.train import build_state, train

@@ -1,0 +1,366 @@
+"""The command line (`python -m sde_lib.run`, package `sde_cli`) as a user meets it: the main job
+shrunk by --quick, sample, eval, likelihood, and the checks and errors before any long work."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sde_cli import app, options
+from sde_cli.app import main as cli
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "data" / "score_sde_pytorch"
+TINY = ["--config.model.nf=8", "--config.model.num_scales=50", "--no-progress"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+COMMANDS = ["main", "train", "sample", "eval", "likelihood", "advise", "inpaint", "colorize",
+            "conditional"]
+
+
+def run_module(*argv, timeout=300):
+    return subprocess.run([sys.executable, *argv], cwd=REPO, env=ENV, capture_output=True,
+                          timeout=timeout, text=True)
+
+
+def only_error_line(text):
+    """The one `error:` line a failed command prints (and no traceback)."""
+    lines = [s for s in text.splitlines() if s.strip()]
+    assert "Traceback" not in text, text
+    assert lines and lines[-1].startswith("error: "), text
+    return lines[-1]
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def test_config_overrides_and_command_selection():
+    rest, over = options.split_config_overrides(
+        ["--sde", "vp", "--config.training.n_iters=5", "--config.optim.lr", "0.1", "--quick"])
+    assert rest == ["--sde", "vp", "--quick"]
+    assert over == ["training.n_iters=5", "optim.lr=0.1"]
+    assert app._pick_command(["sample", "--steps", "3"]) == ("sample", ["--steps", "3"])
+    assert app._pick_command(["--workdir", "w", "--mode", "train"]) == ("train", ["--workdir", "w"])
+    assert app._pick_command(["--sde", "ve"]) == ("main", ["--sde", "ve"])
+    with pytest.raises(options.CLIError, match="unknown command 'bogus'"):
+        app._pick_command(["bogus"])
+
+
+def test_load_run_config_order():
+    _, args = app.parse("sample", ["--sde", "subvp", "--sampler", "ode", "--seed", "3",
+                                   "--config.training.batch_size=7", "--config.sampling.snr=0.2"])
+    c = options.load_run_config(args)
+    assert c.training.sde == "subvpsde" and c.sampling.method == "ode" and c.seed == 3
+    assert c.training.batch_size == 7 and c.sampling.snr == 0.2 and c.data.centered
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_has_a_line_for_every_flag_and_one_flag_style(name, capsys):
+    """Every flag has help text, every choice lists its names, every long flag has a
+    --kebab-case spelling (the old --snake_case ones are accepted beside it)."""
+    command = app.COMMANDS.get(name)()
+    parser = options.new_parser("prog", command.help)
+    command.add_arguments(parser)
+    for action in parser._actions:
+        if not action.option_strings or action.help == "==SUPPRESS==":
+            continue
+        assert action.help, f"{name}: {action.option_strings} has no help"
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        assert any("_" not in s for s in longs), f"{name}: {longs} has no --kebab-case spelling"
+        if action.choices:
+            assert action.metavar is None or all(str(c) in action.help for c in action.choices)
+    with pytest.raises(SystemExit):
+        cli([name, "--help"])
+    text = capsys.readouterr().out
+    if name in ("main", "sample", "eval", "inpaint", "colorize", "conditional"):
+        for sampler in ("pc", "ode", "heun", "dpm_solver++"):
+            assert sampler in text
+        assert "reverse_diffusion" in text and "langevin" in text
+    if name == "inpaint":
+        assert "center" in text and "random" in text and "tmpd" in text
+
+
+# ----------------------------------------------------------------------------- errors up front
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "no/such_config", "--quick"], "no/such_config"),
+    (["--quick", "--config.model.nf=abc"], "model.nf"),
+    (["--quick", "--config.training.n_iters=-5"], "n_iters must be positive"),
+    (["--quick", "--config.sampling.method=foo"], "unknown sampler 'foo'"),
+    (["--quick", "--config.sampling.predictor=bar"], "unknown predictor 'bar'"),
+    (["--quick", "--device", "cuda"] if not torch.cuda.is_available() else
+     ["--quick", "--device", "cuda:99"], "--device cuda"),
+])
+def test_main_job_fails_before_training_with_one_error_line(argv, message, tmp_path, capsys):
+    workdir = tmp_path / "w"
+    t0 = time.time()
+    assert cli([*argv, "--workdir", str(workdir), *TINY]) == 1
+    line = only_error_line(capsys.readouterr().err)
+    assert message in line
+    assert not (workdir / "checkpoints").exists() and time.time() - t0 < 60
+
+
+def test_bad_flag_values_are_refused_by_the_parser(capsys):
+    for argv in (["--sampler", "foo"], ["--steps", "0"], ["--snr", "inf"], ["--snr", "-1"],
+                 ["-n", "0"]):
+        with pytest.raises(SystemExit) as e:
+            cli(["sample", *argv])
+        assert e.value.code == 2
+        assert "error: argument" in capsys.readouterr().err
+
+
+def test_expected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    junk = tmp_path / "random.pth"
+    junk.write_bytes(os.urandom(4096))
+    proc = run_module("-m", "sde_lib.run", "sample", "--checkpoint", str(junk), "--config",
+                      "builtin/digits_ve", "--no-progress")
+    assert proc.returncode == 1
+    line = only_error_line(proc.stderr)
+    assert "not a checkpoint" in line and "unpickl" not in line
+    proc = run_module("-m", "sde_lib.run", "sample", "--workdir", str(tmp_path / "empty"))
+    assert proc.returncode == 1 and "no checkpoint in" in only_error_line(proc.stderr)
+    proc = run_module("-m", "sde_lib.run", "sample", "--checkpoint", str(junk), "--config",
+                      "builtin/digits_ve", "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_pixel_levels_follow_one_rule():
+    from ml_collections import ConfigDict
+    from sde_cli.likelihood import pixel_levels
+    config = ConfigDict({"data": {"dataset": "NPZ"}})
+
+    class Floats:
+        levels = None
+
+    class Digits:
+        levels = 17
+
+    plain = ConfigDict({"levels": None, "bits": None})
+    assert pixel_levels(plain, Digits(), config) == 17
+    assert pixel_levels(ConfigDict({"levels": 256, "bits": None}), Floats(), config) == 256
+    assert pixel_levels(ConfigDict({"levels": None, "bits": 5}), Floats(), config) == 32
+    with pytest.raises(options.CLIError, match="pass --levels"):
+        pixel_levels(plain, Floats(), config)
+
+
+def test_random_mask_is_drawn_on_the_cpu_from_the_seed():
+    """The mask does not use the run's (possibly CUDA) generator: same seed, same mask, on any
+    device, whatever the global RNG state."""
+    from sde_cli.inpaint import make_mask
+    torch.manual_seed(1)
+    a = make_mask("random", (3, 1, 8, 8), seed=5)
+    torch.manual_seed(2)
+    b = make_mask("random", (3, 1, 8, 8), seed=5)
+    assert torch.equal(a, b) and a.device.type == "cpu" and 0 < a.mean() < 1
+    assert not torch.equal(a, make_mask("random", (3, 1, 8, 8), seed=6))
+
+
+def test_threads_rule(monkeypatch, capsys):
+    import configs
+    _, args = app.parse("sample", ["--threads", "1"])
+    before = torch.get_num_threads()
+    try:
+        config = configs.get_config("builtin/digits_ve")
+        assert options.choose_threads(args, config, torch.device("cpu")) == 1
+        assert torch.get_num_threads() == 1 and "threads: 1 (--threads)" in capsys.readouterr().out
+        _, args = app.parse("sample", [])
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert options.choose_threads(args, config, torch.device("cpu")) == 1  # small model
+        config = configs.get_config("ve/cifar10_ncsnpp_continuous")
+        n = options.choose_threads(args, config, torch.device("cpu"))
+        assert 1 <= n <= options.physical_cores()
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- a trained run
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The main job, as a user runs it, shrunk to seconds by --quick."""
+    workdir = tmp_path_factory.mktemp("main") / "run"
+    proc = run_module("-m", "sde_lib.run", "--sde", "ve", "--sampler", "pc", "--quick",
+                      "--workdir", str(workdir), "-n", "16", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "threads: 1" in proc.stdout
+    return workdir
+
+
+def test_main_job_writes_png_and_summary_named_by_what_made_them(trained):
+    from PIL import Image
+    summary = json.loads((trained / "samples_pc_25steps_seed42.json").read_text())
+    assert summary["sde"] == "vesde" and summary["sample"]["options"]["sampler"] == "pc"
+    assert summary["train"]["step"] == 20 and summary["sample"]["num_samples"] == 16
+    assert summary["train"]["seconds_total"] > 0
+    with Image.open(summary["png"]) as im:  # 4 x 4 tiles of 48 pixels, 2-pixel separators
+        assert im.size == (4 * 50 + 2, 4 * 50 + 2) and im.mode == "L"
+    assert (trained / "samples_pc_25steps_seed42_pixels.png").is_file()
+    with np.load(summary["npz"]) as z:
+        assert z["samples"].shape == (16, 8, 8, 1) and z["samples"].dtype == np.uint8
+    records = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert {"start", "train", "end"} <= {r["event"] for r in records}
+
+
+def test_rerun_with_another_sampler_keeps_the_first_outputs(trained, capsys):
+    first = (trained / "samples_pc_25steps_seed42.json").read_bytes()
+    assert cli(["--sde", "ve", "--sampler", "ode", "--quick", "--workdir", str(trained), "-n",
+                "4", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert (trained / "samples_pc_25steps_seed42.json").read_bytes() == first
+    summary = json.loads((trained / "samples_ode_seed42.json").read_text())
+    assert summary["train"]["steps_this_run"] == 0
+    before = json.loads(first)["train"]["seconds_total"]  # not the 0 s of this run alone
+    assert before <= summary["train"]["seconds_total"] < before + 2
+    assert set(summary["sample"]["options"]) <= {"sampler", "denoise", "eps"}  # no PC options
+    assert "0 in this run" in out
+
+
+def test_sample_command_from_workdir(trained, tmp_path):
+    out = tmp_path / "s"
+    code = cli(["sample", "--workdir", str(trained), "--steps", "4", "-n", "6",
+                "--snr", "0.1", "--out", str(out), "--stem", "grid", "--no-progress"])
+    assert code == 0
+    with np.load(out / "grid.npz") as z:
+        assert z["samples"].shape == (6, 8, 8, 1)
+    info = json.loads((out / "grid.json").read_text())
+    assert info["options"]["steps"] == 4 and info["options"]["snr"] == 0.1
+    # Same command again: numbered, not overwritten.
+    assert cli(["sample", "--workdir", str(trained), "--steps", "4", "-n", "2", "--out",
+                str(out), "--stem", "grid", "--no-progress"]) == 0
+    with np.load(out / "grid.npz") as z:
+        assert len(z["samples"]) == 6
+    with np.load(out / "grid_2.npz") as z:
+        assert len(z["samples"]) == 2
+
+
+def test_sample_checks_the_output_folder_before_sampling(trained, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    t0 = time.time()
+    assert cli(["sample", "--workdir", str(trained), "--out", str(blocker / "sub"), "-n", "2",
+                "--no-progress"]) == 1
+    assert "cannot write to" in only_error_line(capsys.readouterr().err)
+    assert time.time() - t0 < 30
+
+
+def test_sample_command_with_a_fast_sampler(trained, tmp_path):
+    code = cli(["sample", "--workdir", str(trained), "--sampler", "dpm_solver++",
+                "--steps", "3", "-n", "4", "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    info = json.loads((tmp_path / "samples_dpm_solverpp_3steps_seed42.json").read_text())
+    assert info["options"]["sampler"] == "dpm_solver++" and info["nfe"] <= 5
+    assert "snr" not in info["options"] and "predictor" not in info["options"]
+
+
+def test_eval_reports_the_test_loss_and_keeps_the_two_eps_apart(trained, capsys):
+    with pytest.raises(SystemExit):
+        cli(["eval", "--workdir", str(trained), "--eps", "0.01"])
+    assert "ambiguous" in capsys.readouterr().err
+    code = cli(["eval", "--workdir", str(trained), "--num-images", "2", "--batch", "2",
+                "--rtol", "1e-2", "--atol", "1e-2", "--sample-eps", "0.05",
+                "--config.eval.enable_bpd=True", "--no-progress"])
+    assert code == 0
+    reports = sorted((trained / "eval").glob("report_ckpt_*.json"))
+    report = json.loads(reports[-1].read_text())
+    assert np.isfinite(report["eval_loss"]) and np.isfinite(report["bpd"])
+    assert report["bpd_eps"] == 1e-5  # the likelihood's own default, not --sample-eps
+
+
+def test_likelihood_is_recomputed_after_more_training(tmp_path, capsys):
+    """Train, bits/dim; train on with the same checkpoint path; bits/dim again through both
+    commands: the saved records of the old weights are never reused."""
+    workdir = tmp_path / "w"
+    base = ["--config", "builtin/digits_vp", "--workdir", str(workdir), *TINY,
+            "--config.training.batch_size=8", "--config.training.snapshot_freq=10",
+            "--config.training.eval_freq=0"]
+    assert cli(["train", *base, "--config.training.n_iters=10"]) == 0
+    bpd_args = ["--num-images", "2", "--batch", "2", "--rtol", "1e-2", "--atol", "1e-2",
+                "--no-progress"]
+    meta = workdir / "checkpoints-meta" / "checkpoint.pth"
+    assert cli(["likelihood", "--checkpoint", str(meta), *bpd_args]) == 0
+    first = capsys.readouterr().out
+    assert cli(["likelihood", "--checkpoint", str(meta), *bpd_args]) == 0  # reused: same work
+    assert capsys.readouterr().out.splitlines()[-1] == first.splitlines()[-1]
+    assert cli(["train", *base, "--config.training.n_iters=20"]) == 0
+    capsys.readouterr()
+    assert cli(["likelihood", "--checkpoint", str(meta), *bpd_args]) == 0
+    second = capsys.readouterr().out
+    assert second.splitlines()[-1] != first.splitlines()[-1]
+    records = sorted((workdir / "eval").glob("bpd_test_*.jsonl"))
+    assert len(records) == 2
+    # python -m likelihood.evaluate: config from the checkpoint, same number as `likelihood`.
+    out = tmp_path / "again.jsonl"
+    proc = run_module("-m", "likelihood.evaluate", "--checkpoint", str(meta), "--out",
+                      str(out), *bpd_args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1].split(" (")[0] == second.splitlines()[-1].split(" (")[0]
+    # A records file of other work is refused, and --fresh replaces it.
+    assert cli(["likelihood", "--checkpoint", str(meta), "--records", str(out),
+                "--n-probes", "2", *bpd_args]) == 1
+    assert "not reused" in only_error_line(capsys.readouterr().err)
+    assert cli(["likelihood", "--checkpoint", str(meta), "--records", str(out),
+                "--n-probes", "2", "--fresh", *bpd_args]) == 0
+
+
+def test_second_writer_of_a_workdir_gets_the_lock_message(tmp_path, capsys):
+    workdir = tmp_path / "locked"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from sde_lib.fileio import WorkdirLock; "
+         f"WorkdirLock({str(workdir)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cli(["train", "--quick", "--workdir", str(workdir), *TINY]) == 1
+        line = only_error_line(capsys.readouterr().err)
+        assert f"pid {holder.pid}" in line and "host" in line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli(["train", "--quick", "--workdir", str(workdir), *TINY]) == 0  # holder gone
+
+
+def test_sample_command_on_an_original_checkpoint(tmp_path):
+    """An original score_sde_pytorch .pth (the fixture copy in tests/data) with its config name
+    and overrides."""
+    entry = json.loads((FIXTURE / "index.json").read_text())["ve_ncsnpp_cifar"]
+    overrides = [f"--config.{k}={tuple(v) if isinstance(v, list) else v}"
+                 for k, v in entry["overrides"].items()]
+    code = cli(["sample", "--config", entry["config_module"], *overrides,
+                "--checkpoint", str(FIXTURE / "ve_ncsnpp_cifar.pth"), "--steps", "2",
+                "-n", "2", "--out", str(tmp_path), "--stem", "orig", "--no-progress"])
+    assert code == 0
+    with np.load(tmp_path / "orig.npz") as z:
+        assert z["samples"].shape == (2, 16, 16, 3)
+
+
+def test_a_config_mismatch_says_how_to_fix_it_on_the_command_line(trained, capsys):
+    ckpt = trained / "checkpoints-meta" / "checkpoint.pth"
+    assert cli(["sample", "--checkpoint", str(ckpt), "--sde", "ve", "-n", "2",
+                "--config.model.nf=16", "--no-progress"]) == 1
+    line = only_error_line(capsys.readouterr().err)
+    assert "--config.model." in line and "check_config" not in line
+
+
+def test_sampler_options_follow_the_sampler():
+    import configs
+    from training.sampling import sampling_options
+    c = configs.get_config("builtin/digits_ve")
+    c.sampling.steps = 7
+    assert sampling_options(c)["steps"] == 7 and sampling_options(c)["sampler"] == "pc"
+    ode = sampling_options(c, sampler="ode")  # the adaptive ODE solver takes no step count
+    assert ode["sampler"] == "ode" and "steps" not in ode
+    assert sampling_options(c, sampler="heun", steps=3)["steps"] == 3
+
+
+@pytest.mark.parametrize("sde", ["vp", "subvp"])
+def test_main_job_for_the_other_sdes(sde, tmp_path):
+    code = cli(["--sde", sde, "--sampler", "pc", "--quick", "-n", "4", "--workdir",
+                str(tmp_path), *TINY])
+    assert code == 0
+    summary = json.loads((tmp_path / "samples_pc_25steps_seed42.json").read_text())
+    assert summary["sde"] == {"vp": "vpsde", "subvp": "subvpsde"}[sde]
+    assert (tmp_path / "samples_pc_25steps_seed42.png").is_file()
