@@ -21,6 +21,7 @@ import pickle
 
 import torch
 
+from networks.registry import create_model
 from networks.runtime import unwrap_model
 
 FORMAT = 'sde_toolkit/1'
@@ -204,7 +205,6 @@ def load_checkpoint(path, config, ema=True, map_location='cpu', check_config=Tru
     weights. Strict: missing/unexpected/mis-shaped keys or EMA parameters raise CheckpointError
     naming them. For a toolkit checkpoint, its stored config must agree with `config` on the
     model section and data.{image_size, num_channels, centered} (check_config=False skips this)."""
-    from networks import create_model
     ckpt = read_checkpoint(path, map_location='cpu')
     what = f"checkpoint {os.fspath(path)!r}"
     if check_config and is_toolkit_checkpoint(ckpt):

@@ -1,6 +1,9 @@
 """Name registry of score-network classes (`config.model.name` -> class), on the toolkit's one
-registry class `sde_lib.registry.Registry`."""
+registry class `sde_lib.registry.Registry`, and `create_model` (config -> network)."""
 
+import torch
+
+import configs
 from sde_lib.registry import Registry
 
 MODELS = Registry("model")
@@ -23,3 +26,17 @@ def get_model_class(name):
 
 def model_names():
     return MODELS.names()
+
+
+def create_model(config, device=None):
+    """The network named by `config.model.name`, built from `config`, on `device` (default
+    `config.device`; 'auto' means CUDA when available, else CPU: `configs.resolve_device`).
+    No DataParallel wrapper."""
+    model = get_model_class(config.model.name)(config)
+    if device is None:
+        device = config.get('device', configs.AUTO_DEVICE)
+    try:
+        resolved = torch.device(configs.resolve_device(device))
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"config.device = {device!r} is not a device: {e}") from None
+    return model.to(resolved)
