@@ -1,98 +1,143 @@
-"""`python -m likelihood.evaluate` on the bundled digits with an exact-score oracle as the "model".
+"""Bits/dim of a dataset split with resumable records (`evaluation.bits_per_dim`), on the bundled
+digits with an exact-score oracle as the "model": batching, per-batch seeds, resuming, records
+keyed by the work that produced them, one writer per file, non-finite numbers refused."""
 
-configs.load_config and networks.load_checkpoint / get_score_fn are replaced by stand-ins here,
-so the test covers the script's own work: batching, dequantization seeds, resuming, the summary."""
-
-import importlib
 import json
 import math
+import multiprocessing
+import os
 
 import pytest
 import torch
 from ml_collections import ConfigDict
 
-from likelihood import evaluate
+from evaluation.bits_per_dim import (RecordsMismatch, checkpoint_identity, evaluate_split,
+                                     run_key)
 from sde_lib import VPSDE, oracle
+from sde_lib.fileio import WorkdirLock
+from training.data import load_dataset
+
+SETTINGS = dict(data_range=(0.0, 1.0), batch_size=3, seed=42, levels=17, n_probes=2,
+                rtol=1e-3, atol=1e-3, progress=False)
 
 
-def fake_config():
-    c = ConfigDict()
-    c.seed = 42
-    c.data = ConfigDict(dict(dataset="DIGITS", image_size=8, num_channels=1, centered=False))
-    c.training = ConfigDict(dict(sde="vpsde", continuous=True))
-    c.model = ConfigDict(dict(beta_min=0.1, beta_max=20.0, num_scales=1000))
-    c.eval = ConfigDict(dict(batch_size=3))
-    return c
+def digits():
+    c = ConfigDict({"data": {"dataset": "DIGITS", "image_size": 8, "num_channels": 1,
+                             "centered": False}})
+    return load_dataset(c, "test")
 
 
 @pytest.fixture
-def fake_pieces(monkeypatch):
-    """Stand-ins for configs/networks; the score is that of a Gaussian on [0, 1]^64."""
-    calls = {"score": 0}
-    dist = oracle.gaussian(torch.full((64,), 0.3), 0.1, event_shape=(1, 8, 8))
-    p = dist.marginal(VPSDE())
+def score():
+    """The exact score of a Gaussian on [0, 1]^64 under the VP SDE, counting its calls."""
+    sde = VPSDE()
+    p = oracle.gaussian(torch.full((64,), 0.3), 0.1, event_shape=(1, 8, 8)).marginal(sde)
 
-    def score(x, t):
-        calls["score"] += 1
+    def fn(x, t):
+        fn.calls += 1
         return p.score(x, t)
 
-    configs = importlib.import_module("configs")
-    networks = importlib.import_module("networks")
-    monkeypatch.setattr(configs, "load_config", lambda name, overrides=None: fake_config(),
-                        raising=False)
-    monkeypatch.setattr(networks, "load_checkpoint",
-                        lambda path, config, ema=True: torch.nn.Identity(), raising=False)
-    monkeypatch.setattr(networks, "get_score_fn", lambda sde, model, continuous: score,
-                        raising=False)
-    return calls
-
-
-def run(tmp_path, *extra):
-    ckpt = tmp_path / "checkpoint_1.pth"
-    ckpt.write_bytes(b"")
-    argv = ["--config", "fake", "--checkpoint", str(ckpt), "--no-progress",
-            "--rtol", "1e-3", "--atol", "1e-3", "--n-probes", "2", "--device", "cpu", *extra]
-    return evaluate.main(argv)
+    fn.calls = 0
+    return fn, sde
 
 
 def lines(path):
     return [json.loads(s) for s in path.read_text().splitlines()]
 
 
-def test_evaluate_records_batches_and_resumes(tmp_path, fake_pieces, capsys):
-    out = tmp_path / "bpd.jsonl"
-    assert run(tmp_path, "--num-batches", "2", "--out", str(out)) == 0
+def test_records_resume_and_are_keyed(tmp_path, score):
+    fn, sde = score
+    ds, out = digits(), tmp_path / "bpd.jsonl"
+    first_summary = evaluate_split(fn, sde, ds, out=str(out), key="k1", num_batches=2,
+                                   **SETTINGS)
     first = lines(out)
     assert [r["batch"] for r in first] == [0, 1] and all(len(r["bpd"]) == 3 for r in first)
-    assert all(r["nfe"] > 0 and r["eps"] == 1e-5 for r in first)
-    summary = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert summary["levels"] == 17 and first[0]["settings"]["levels"] == 17  # DIGITS' own
+    assert all(r["key"] == "k1" and r["nfe"] > 0 and r["eps"] == 1e-5 for r in first)
     bpd = torch.tensor([v for r in first for v in r["bpd"]], dtype=torch.float64)
-    assert summary["num_images"] == 6 and summary["bpd"] == pytest.approx(bpd.mean().item())
-    assert summary["bpd_stderr"] == pytest.approx(bpd.std().item() / math.sqrt(6))
-    # 17 grey levels in [0, 1]: at most log2(17) bits/dim for any sensible model; a Gaussian
-    # fit this loosely costs a few bits more, never a negative number.
-    assert 0 < summary["bpd"] < 12
+    assert first_summary["num_images"] == 6
+    assert first_summary["bpd"] == pytest.approx(bpd.mean().item())
+    assert first_summary["bpd_stderr"] == pytest.approx(bpd.std().item() / math.sqrt(6))
+    assert 0 < first_summary["bpd"] < 12
 
     # Resume: the recorded batches are kept as they are, only batch 2 is computed.
-    calls_before = fake_pieces["score"]
-    assert run(tmp_path, "--num-batches", "3", "--out", str(out)) == 0
+    calls = fn.calls
+    evaluate_split(fn, sde, ds, out=str(out), key="k1", num_batches=3, **SETTINGS)
     second = lines(out)
     assert second[:2] == first and second[2]["batch"] == 2 and second[2]["start"] == 6
-    assert fake_pieces["score"] > calls_before
+    assert fn.calls > calls
 
     # The per-batch seed makes a recomputed batch identical.
-    out.write_text("\n".join(json.dumps(r) for r in [second[0], second[2]]) + "\n")
-    assert run(tmp_path, "--num-batches", "3", "--out", str(out)) == 0
-    third = lines(out)
-    assert third[1]["bpd"] == first[1]["bpd"]
+    out.write_text("".join(json.dumps(r) + "\n" for r in [second[0], second[2]]))
+    evaluate_split(fn, sde, ds, out=str(out), key="k1", num_batches=3, **SETTINGS)
+    assert lines(out)[1]["bpd"] == first[1]["bpd"]
 
-    # Other settings on the same file: refused, file untouched.
-    with pytest.raises(ValueError, match="other settings"):
-        run(tmp_path, "--num-batches", "3", "--out", str(out), "--estimator", "gaussian")
-    assert lines(out) == third
+    # Records of other work (another key) are never reused: refused, file untouched ...
+    before = out.read_text()
+    with pytest.raises(RecordsMismatch, match="not reused"):
+        evaluate_split(fn, sde, ds, out=str(out), key="k2", num_batches=3, **SETTINGS)
+    assert out.read_text() == before
+    # ... unless replaced on purpose.
+    evaluate_split(fn, sde, ds, out=str(out), key="k2", num_batches=1, fresh=True, **SETTINGS)
+    assert [r["key"] for r in lines(out)] == ["k2"]
 
 
-def test_evaluate_rejects_data_off_the_declared_grid(tmp_path, fake_pieces):
+def test_the_key_follows_the_checkpoint_contents_not_its_name(tmp_path):
+    a = tmp_path / "checkpoint.pth"
+    a.write_bytes(b"weights one")
+    k1 = run_key(checkpoint=checkpoint_identity(a, 400), settings={"eps": 1e-5})
+    a.write_bytes(b"weights two")  # rewritten in place, same name and step
+    k2 = run_key(checkpoint=checkpoint_identity(a, 400), settings={"eps": 1e-5})
+    assert k1 != k2
+    assert k2 != run_key(checkpoint=checkpoint_identity(a, 400), settings={"eps": 1e-3})
+    assert k2 == run_key(settings={"eps": 1e-5}, checkpoint=checkpoint_identity(a, 400))
+
+
+def test_bad_sizes_and_nonfinite_numbers_are_errors(tmp_path, score):
+    fn, sde = score
+    ds, out = digits(), tmp_path / "x.jsonl"
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_split(fn, sde, ds, out=str(out), key="k", **dict(SETTINGS, batch_size=0))
+    with pytest.raises(ValueError, match="num_batches"):
+        evaluate_split(fn, sde, ds, out=str(out), key="k", num_batches=0, **SETTINGS)
+
+    def nan_score(x, t):
+        return torch.full_like(x, float("nan"))
+
+    with pytest.raises((FloatingPointError, ValueError, RuntimeError)):
+        evaluate_split(nan_score, sde, ds, out=str(out), key="k", num_batches=1, **SETTINGS)
+    assert not out.exists() or out.read_text() == ""
+
+
+def test_data_off_the_declared_grid_is_refused(tmp_path, score):
+    fn, sde = score
     with pytest.raises(ValueError, match="256-level grid"):
-        run(tmp_path, "--num-batches", "1", "--out", str(tmp_path / "x.jsonl"), "--bits", "8")
+        evaluate_split(fn, sde, digits(), out=str(tmp_path / "x.jsonl"), key="k",
+                       num_batches=1, **dict(SETTINGS, levels=256))
+
+
+def _hold(folder, ready, done):
+    with WorkdirLock(folder):
+        ready.set()
+        done.wait(30)
+
+
+def test_one_writer_per_records_folder(tmp_path, score):
+    """A second evaluation writing the same file is refused with the holder's pid; the file
+    stays whole."""
+    fn, sde = score
+    ctx = multiprocessing.get_context("spawn")
+    ready, done = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), ready, done))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(Exception, match=f"pid {holder.pid}"):
+            evaluate_split(fn, sde, digits(), out=str(tmp_path / "conc.jsonl"), key="k",
+                           num_batches=1, **SETTINGS)
+    finally:
+        done.set()
+        holder.join(30)
+    evaluate_split(fn, sde, digits(), out=str(tmp_path / "conc.jsonl"), key="k", num_batches=1,
+                   **SETTINGS)
+    assert len(lines(tmp_path / "conc.jsonl")) == 1
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
