@@ -258,7 +258,6 @@ class subVPSDE(BetaSchedule):
 
 
 SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
-_BetaSchedule = BetaSchedule  # the old private name, until no importer uses it
 
 
 def _config_field(config, path):
