@@ -22,7 +22,9 @@ import pickle
 import torch
 
 from networks.registry import create_model
+from networks import safetensors_io
 from networks.runtime import unwrap_model
+from networks.safetensors_io import looks_like_safetensors
 
 FORMAT = 'sde_toolkit/1'
 _DP_PREFIX = 'module.'
@@ -43,7 +45,9 @@ def read_checkpoint(path, map_location='cpu'):
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint path {path!r} is not a file")
     with open(path, 'rb') as f:
-        head = f.read(4)
+        head = f.read(16)
+    if path.endswith('.safetensors') or looks_like_safetensors(head):
+        return _read_safetensors(path, map_location)
     if not (head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'):  # zip or legacy pickle
         raise CheckpointError(f"{path!r} is not a checkpoint: a PyTorch checkpoint file starts "
                               f"as a zip archive (or a legacy pickle), this one starts with "
@@ -71,6 +75,15 @@ def read_checkpoint(path, map_location='cpu'):
         raise CheckpointError(f"checkpoint file {path!r} holds {what}, not a score-model "
                               f"checkpoint (a dict with 'model', 'ema', 'optimizer', 'step')")
     return ckpt
+
+
+def _read_safetensors(path, map_location):
+    """A `.safetensors` toolkit checkpoint as the same dict (networks/safetensors_io.py)."""
+    try:
+        return safetensors_io.decode(path, map_location)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint file {path!r} ({os.path.getsize(path)} bytes) is not "
+                              f"a toolkit safetensors checkpoint: {e}") from None
 
 
 def is_toolkit_checkpoint(ckpt):
@@ -273,12 +286,18 @@ def _check_plain(value, where):
                     f"numbers, strings and lists/tuples/dicts of them")
 
 
-def save_checkpoint(path, model, config, ema=None, optimizer=None, step=0, extra=None):
+def save_checkpoint(path, model, config, ema=None, optimizer=None, step=0, extra=None,
+                    format=None):
     """Write a toolkit checkpoint to `path` atomically (temporary file in the same folder, then
     os.replace). `model` may be wrapped in DataParallel/DDP or torch.compile; `ema` is an
     ExponentialMovingAverage or its state dict; `extra` is plain data (tensors, numbers,
-    strings, lists, dicts) stored as it is."""
+    strings, lists, dicts) stored as it is. `format`: 'torch' (default) or 'safetensors'
+    (the default for a `.safetensors` path): model and EMA weights as safetensors with the
+    config, step and extra (JSON) in its metadata, no optimizer state (networks/safetensors_io.py)."""
     path = os.fspath(path)
+    format = format or ('safetensors' if path.endswith('.safetensors') else 'torch')
+    if format not in ('torch', 'safetensors'):
+        raise ValueError(f"checkpoint format must be 'torch' or 'safetensors', got {format!r}")
     target = unwrap_model(model)
     ema_state = ema.state_dict() if hasattr(ema, 'state_dict') else ema
     if config is not None:
@@ -298,6 +317,10 @@ def save_checkpoint(path, model, config, ema=None, optimizer=None, step=0, extra
     _check_plain(ckpt['extra'], 'extra')
     _check_plain(ckpt['optimizer'], 'optimizer state')
     _check_plain(ckpt['ema'], 'ema state')
+    if format == 'safetensors':
+        from sde_lib.fileio import write_bytes
+        write_bytes(path, safetensors_io.encode(ckpt))
+        return path
     from sde_lib.fileio import save_torch
     save_torch(ckpt, path)  # temp file, fsync, os.replace, directory fsync
     return path
