@@ -30,8 +30,9 @@ import math
 import torch
 
 from sde_lib import VESDE
-from solvers.common import CountingScore, progress_bar, randn, randn_like, time_vector
-from solvers.operators import check_finite, check_mask
+from solvers.common import (CountingScore, check_finite, progress_bar, randn, randn_like,
+                            time_vector)
+from solvers.operators import check_mask
 from solvers.result import SampleResult
 
 

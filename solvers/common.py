@@ -130,6 +130,22 @@ class CountingScore:
             self.nonfinite.setdefault(r + self.row_offset, (self.step + 1, when))
 
 
+def check_finite(name, value, where=None):
+    """Raise a ValueError naming `name` if `value` [B, ...] holds NaN/inf (only at the elements
+    where the boolean `where`, broadcastable to it, is True: e.g. the known pixels of inpainting
+    data, whose unknown pixels are never read)."""
+    bad = ~torch.isfinite(value)
+    if where is not None:
+        bad = bad & where.to(device=value.device)
+    if bad.any():
+        rows = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten() if bad.dim() > 0 \
+            else torch.zeros(0, dtype=torch.long)
+        place = " where it is used" if where is not None else ""
+        raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf values{place} (in samples "
+                         f"{_rows_text(rows)}); give finite values")
+    return value
+
+
 def check_finite_samples(x, what, on_nonfinite="raise", row_offset=0):
     """Rows of x [B, ...] that hold NaN/inf (a list, offset by `row_offset`); with
     on_nonfinite='raise' any such row is a NonFiniteError naming `what`."""

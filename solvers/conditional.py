@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from networks.classifier import classifier_logits
-from solvers.common import probe_batch, probe_score, time_vector
+from solvers.common import check_finite, probe_batch, probe_score, time_vector
 from solvers.inverse import linear_inverse, run_chunks
-from solvers.operators import Colorization, Mask, check_finite, check_mask
+from solvers.operators import Colorization, Mask, check_mask
 
 
 def inpaint(score_fn, sde, data, mask, **kwargs):

@@ -47,8 +47,8 @@ import math
 import torch
 
 from sde_lib import expand_to
-from solvers.common import batch_slices, coefficients, probe_score, randn
-from solvers.operators import LinearOperator, check_finite
+from solvers.common import batch_slices, check_finite, coefficients, probe_score, randn
+from solvers.operators import LinearOperator
 from solvers.result import SampleResult
 from solvers.sampling import sample
 

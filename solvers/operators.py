@@ -333,18 +333,3 @@ def check_mask(mask, shape=None):
             raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the data "
                              f"shape {shape}")
     return mask
-
-
-def check_finite(name, value, where=None):
-    """Raise a ValueError naming `name` if `value` holds NaN/inf (only at the elements where the
-    boolean `where`, broadcastable to it, is True: e.g. the known pixels of inpainting data)."""
-    bad = ~torch.isfinite(value)
-    if where is not None:
-        bad = bad & where.to(device=value.device)
-    if bad.any():
-        rows = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten().tolist() \
-            if bad.dim() > 0 else []
-        place = " where it is used" if where is not None else ""
-        raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf values{place} (in samples "
-                         f"{rows[:10]}{' ...' if len(rows) > 10 else ''}); give finite values")
-    return value

@@ -221,3 +221,62 @@ def test_cli_inpaint_colorize_conditional_write_grids(tiny_checkpoints, tmp_path
     assert "out of range" in capsys.readouterr().err
     assert cli(["colorize", "--checkpoint", str(tiny_checkpoints[1]), *common]) == 1
     assert "colorize needs an RGB model" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bad input (issue 13)
+
+def test_labels_checked_whenever_the_class_count_is_known():
+    """A label of 99 fails with a clear error when the gradient function wraps a classifier
+    whose class count is known (here a plain lambda around the exact mixture classifier, which
+    checks its labels itself), and at once when the count is given."""
+    sde = VPSDE()
+    grad = mixture_classifier_grad_fn(MIXTURE, sde)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\], got \[99\]"):
+        class_conditional(MIXTURE.marginal(sde), sde, (4, 2), lambda x, t, c: grad(x, t, c),
+                          labels=99, steps=30)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\], got \[99\]"):
+        class_conditional(MIXTURE.marginal(sde), sde, (4, 2), lambda x, t, c: x * 0, labels=99,
+                          num_classes=3, steps=30)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\], got \[5\]"):
+        grad(torch.zeros(2, 2), torch.ones(2), torch.tensor([0, 5]))
+
+
+def test_classifier_gradient_shape_is_checked_before_any_work():
+    sde = VPSDE()
+    grad = mixture_classifier_grad_fn(MIXTURE, sde)
+    calls = []
+
+    def score(x, t):
+        calls.append(x.shape[0])
+        return MIXTURE.marginal(sde).score(x, t)
+
+    for bad, got in ((lambda x, t, c: grad(x, t, c)[:1], r"\[1, 2\]"),      # would broadcast
+                     (lambda x, t, c: grad(x, t, c)[:, :1], r"\[2, 1\]"),
+                     (lambda x, t, c: 0.0, "float")):
+        with pytest.raises(ValueError, match=rf"classifier_grad_fn returns {got} for samples of "
+                                             rf"shape \[2, 2\]"):
+            class_conditional(score, sde, (4, 2), bad, labels=1, num_classes=2, steps=30)
+    assert calls == [2, 2, 2]     # only the score's shape probes ran
+
+
+def test_unreadable_classifier_files_are_not_a_classifier_checkpoint(tmp_path):
+    """Random bytes and a pickle that would run code are both refused as "not a classifier
+    checkpoint"; PyTorch's advice to retry with weights_only=False never reaches the user, and
+    the crafted pickle's code never runs."""
+    import os
+    import pickle
+    (tmp_path / "random.pt").write_bytes(os.urandom(4096))
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"format": "noise_conditional_classifier/1", "x": Evil()}, f)
+    torch.save({"format": "noise_conditional_classifier/1", "x": Evil()}, tmp_path / "evil2.pt")
+    for name in ("random.pt", "evil.pt", "evil2.pt"):
+        with pytest.raises(ValueError, match="not a noise-conditional classifier checkpoint") as e:
+            load_classifier(tmp_path / name)
+        assert "weights_only" not in str(e.value) and "weights only" not in str(e.value).lower()
+    assert not marker.exists()

@@ -328,3 +328,108 @@ def test_same_generator_same_result_and_batch_chunks():
     assert torch.equal(a.samples, b.samples)
     c = run(batch_size=4)                     # per-sample masks follow their chunk
     assert c.info["batches"] == 2 and torch.equal(c.samples * mask, data * mask)
+
+
+# ----------------------------------------------------------------------------- per-sample operators
+
+def _rows(res, sl):
+    class Part:
+        samples = res.samples[sl]
+    return Part
+
+
+@pytest.mark.parametrize("sde_name,options", [
+    ("vp", dict(predictor="ancestral_sampling", corrector="none", steps=60)),
+    ("ve", dict(sampler="dpm_solver++", steps=15)),
+])
+def test_tmpd_per_sample_masks_match_each_exact_conditional(sde_name, options):
+    """A [B, ...] mask (two different masks, half the batch each, one observation each): tmpd
+    builds its Jacobian basis one batch at a time, so each half samples its own exact
+    conditional."""
+    sde = SDES[sde_name]()
+    left = torch.zeros(1, 1, H, W)
+    left[..., :, :2] = 1
+    masks = (CENTER, left)
+    n = 400
+    probs = [problem(Mask(m), (1, H, W), PRIOR_MEAN, PRIOR_COV, seed=20) for m in masks]
+    data = torch.cat([p[1].expand(n // 2, 1, H, W) for p in probs])
+    mask = torch.cat([m.expand(n // 2, 1, H, W) for m in masks])
+    res = inpaint(probs[0][0].marginal(sde), sde, data, mask, method="tmpd",
+                  generator=torch.Generator().manual_seed(21), **options)
+    for k, (m, (_, y, post_mean, post_cov)) in enumerate(zip(masks, probs)):
+        sl = slice(k * n // 2, (k + 1) * n // 2)
+        check_exact(_rows(res, sl), y, Mask(m), post_mean, post_cov, PRIOR_MEAN)
+
+
+def test_tmpd_colorization_with_per_sample_grey_images():
+    """Colorization of two different grey images in one batch: each half samples the exact
+    conditional of its own image."""
+    sde = VPSDE()
+    op = Colorization()
+    mean = torch.linspace(-0.2, 0.2, 12, dtype=torch.float64)
+    cov = smooth_cov(3, 2, 2, ell=1.0, channel_corr=None)
+    probs = [problem(op, (3, 2, 2), mean, cov, seed=s) for s in (11, 12)]
+    assert (probs[0][1] - probs[1][1]).abs().max() > 0.3
+    n = 600
+    gray = torch.cat([p[1].expand(n // 2, 1, 2, 2) for p in probs])
+    res = colorize(probs[0][0].marginal(sde), sde, gray, method="tmpd", steps=60,
+                   predictor="ancestral_sampling", corrector="none",
+                   generator=torch.Generator().manual_seed(24))
+    for k, (_, y, post_mean, post_cov) in enumerate(probs):
+        sl = slice(k * n // 2, (k + 1) * n // 2)
+        check_exact(_rows(res, sl), y, op, post_mean, post_cov, mean)
+
+
+# ----------------------------------------------------------------------------- non-finite input
+
+def test_nan_in_unknown_pixels_is_never_read():
+    """A NaN/inf in an unknown pixel of the data (mask 0) does not reach any sample: the mask
+    selects (torch.where), it does not multiply (NaN * 0 = NaN)."""
+    sde = VESDE(sigma_min=0.01, sigma_max=10.0)
+    dist = oracle.gaussian(PRIOR_MEAN, PRIOR_COV, (1, H, W))
+    data = dist.sample(4, generator=torch.Generator().manual_seed(0)).float()
+    holes = data.clone()
+    holes[0, 0, 1, 1] = math.nan
+    holes[2, 0, 2, 1] = math.inf
+    for method, kw in (("projection", {}), ("tmpd", {"sampler": "heun", "steps": 5}),
+                       ("pigdm", {"sampler": "heun", "steps": 5})):
+        a = inpaint(dist.marginal(sde), sde, holes, CENTER, method=method,
+                    generator=torch.Generator().manual_seed(1), **dict({"steps": 20}, **kw))
+        b = inpaint(dist.marginal(sde), sde, data, CENTER, method=method,
+                    generator=torch.Generator().manual_seed(1), **dict({"steps": 20}, **kw))
+        assert torch.isfinite(a.samples).all(), method
+        assert torch.equal(a.samples, b.samples), method
+    assert torch.isfinite(Mask(CENTER).forward(holes)).all()
+
+
+def test_nonfinite_data_and_masks_where_used_fail_clearly():
+    sde = VESDE()
+    dist = oracle.gaussian(PRIOR_MEAN, PRIOR_COV, (1, H, W))
+    data = torch.zeros(3, 1, H, W)
+    data[1, 0, 0, 0] = math.nan                       # a known pixel (CENTER is 1 there)
+    with pytest.raises(ValueError, match=r"inpainting data holds 1 NaN/inf values where it is "
+                                         r"used \(in samples \[1\]\)"):
+        inpaint(dist.marginal(sde), sde, data, CENTER, steps=2)
+    mask = CENTER.clone()
+    mask[..., 0, 0] = math.nan
+    with pytest.raises(ValueError, match="mask must hold only 0 .* and 1 .*NaN/inf"):
+        inpaint(dist.marginal(sde), sde, torch.zeros(3, 1, H, W), mask, steps=2)
+    gray = torch.zeros(2, 1, 2, 2)
+    gray[1, 0, 1, 1] = math.inf
+    with pytest.raises(ValueError, match=r"the gray image holds 1 NaN/inf values"):
+        colorize(dist.marginal(sde), sde, gray, steps=2)
+    with pytest.raises(ValueError, match=r"the observations y holds 1 NaN/inf values"):
+        linear_inverse(dist.marginal(sde), sde, data.flatten(1)[:, :5],
+                       MatrixOperator(torch.randn(5, 16), (1, H, W)), steps=2)
+
+
+def test_score_of_batch_one_is_caught_before_any_work():
+    sde = VESDE()
+    dist = oracle.gaussian(PRIOR_MEAN, PRIOR_COV, (1, H, W))
+
+    def broadcast(x, t):
+        return dist.marginal(sde)(x[:1], t[:1])
+
+    with pytest.raises(ValueError, match=r"returns \[1, 1, 4, 4\] for input of shape "
+                                         r"\[2, 1, 4, 4\]"):
+        inpaint(broadcast, sde, torch.zeros(3, 1, H, W), CENTER, steps=2)

@@ -45,7 +45,7 @@ def test_default_is_the_pc_sampler_with_the_originals_settings(dist):
     assert res.samples.shape == (8, 4) and res.samples.dtype == torch.float32
     # N = sde.N steps, one corrector + one predictor evaluation each: N (1 + 1)
     assert res.nfe == 50 * 2
-    assert score.calls == res.nfe + 1 and score.batches[0] == 1  # + the one-sample shape probe
+    assert score.calls == res.nfe + 1 and score.batches[0] == 2  # + the two-sample shape probe
     assert res.info["eps"] == VESDE.sampling_eps and res.info["steps"] == 50
     samples, nfe = res
     assert nfe == res.nfe and samples is res.samples
@@ -280,7 +280,7 @@ def test_unknown_names_list_the_known_ones(dist):
         solvers.sample(score, sde, (2, 4), sampler="heun", rtol=1e-3)
     with pytest.raises(ValueError, match="sampler 'ode' does not take steps"):
         solvers.sample(score, sde, (2, 4), sampler="ode", steps=10)
-    assert score.calls == 0 or score.batches == [1] * score.calls  # at most shape probes
+    assert score.calls == 0 or score.batches == [2] * score.calls  # at most shape probes
 
 
 def test_shape_that_does_not_fit_fails_before_any_work(dist):
@@ -288,12 +288,12 @@ def test_shape_that_does_not_fit_fails_before_any_work(dist):
     score = Counter(dist.marginal(sde).score)
     with pytest.raises(ValueError, match=r"samples of shape \[3\]"):
         solvers.sample(score, sde, (64, 3))
-    assert score.batches == [1]  # only the one-sample probe ran
+    assert score.batches == [2]  # only the two-sample probe ran
 
     def wrong_output(x, t):
         return x[:, :2]
 
-    with pytest.raises(ValueError, match=r"returns \[1, 2\] for input of shape \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"returns \[2, 2\] for input of shape \[2, 4\]"):
         solvers.sample(wrong_output, sde, (8, 4))
     for bad in [(0, 4), (4,), (2, -1), "abc", (2.5, 4)]:
         with pytest.raises(ValueError, match="shape must be"):
