@@ -105,10 +105,12 @@ def test_main_job_fails_before_training_with_one_error_line(argv, message, tmp_p
 
 
 def test_bad_flag_values_are_refused_by_the_parser(capsys):
-    for argv in (["--sampler", "foo"], ["--steps", "0"], ["--snr", "inf"], ["--snr", "-1"],
-                 ["-n", "0"]):
+    for argv in (["sample", "--sampler", "foo"], ["sample", "--steps", "0"],
+                 ["sample", "--snr", "inf"], ["sample", "--snr", "-1"], ["sample", "-n", "0"],
+                 ["likelihood", "--num-images", "0"], ["likelihood", "--num_images", "-3"],
+                 ["likelihood", "--batch", "0"], ["inpaint", "--mask", "circle"]):
         with pytest.raises(SystemExit) as e:
-            cli(["sample", *argv])
+            cli(argv)
         assert e.value.code == 2
         assert "error: argument" in capsys.readouterr().err
 
