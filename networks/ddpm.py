@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from networks import layers
-from networks.ncsnpp import time_condition_batch, unet_settings
+from networks.ncsnpp import (add_down_blocks, add_up_blocks, run_bottleneck, run_down_blocks,
+                             run_up_blocks, time_condition_batch, unet_settings)
 from networks.registry import register_model
 
 
@@ -41,6 +42,9 @@ class DDPM(nn.Module):
             return layers.ResnetBlockDDPM(act=act, in_ch=in_ch, out_ch=out_ch, temb_dim=4 * nf,
                                           dropout=m.dropout)
 
+        def attn_block(ch):
+            return layers.AttnBlock(channels=ch)
+
         modules = []
         if conditional:
             modules += [layers.dense(nf, 4 * nf), layers.dense(4 * nf, 4 * nf)]
@@ -50,31 +54,23 @@ class DDPM(nn.Module):
         hs_c = [nf]
         in_ch = nf
         for i_level in range(num_resolutions):
-            for _ in range(num_res_blocks):
-                out_ch = nf * ch_mult[i_level]
-                modules.append(resnet_block(in_ch, out_ch))
-                in_ch = out_ch
-                if self.attn_at_level[i_level]:
-                    modules.append(layers.AttnBlock(channels=in_ch))
-                hs_c.append(in_ch)
+            in_ch = add_down_blocks(modules, hs_c, in_ch, nf * ch_mult[i_level], num_res_blocks,
+                                    resnet_block, attn_block if self.attn_at_level[i_level] else None)
             if i_level != num_resolutions - 1:
                 modules.append(layers.Downsample(channels=in_ch, with_conv=resamp_with_conv))
                 hs_c.append(in_ch)
 
         # Bottleneck.
         in_ch = hs_c[-1]
-        modules += [resnet_block(in_ch), layers.AttnBlock(channels=in_ch), resnet_block(in_ch)]
+        modules += [resnet_block(in_ch), attn_block(in_ch), resnet_block(in_ch)]
 
         # Upsampling path.
         for i_level in reversed(range(num_resolutions)):
-            for _ in range(num_res_blocks + 1):
-                out_ch = nf * ch_mult[i_level]
-                modules.append(resnet_block(in_ch + hs_c.pop(), out_ch))
-                in_ch = out_ch
-                if self.attn_every_up_block and self.attn_at_level[i_level]:
-                    modules.append(layers.AttnBlock(channels=in_ch))
-            if not self.attn_every_up_block and self.attn_at_level[i_level]:
-                modules.append(layers.AttnBlock(channels=in_ch))
+            every, once = self._up_attention(i_level)
+            in_ch = add_up_blocks(modules, hs_c, in_ch, nf * ch_mult[i_level], num_res_blocks,
+                                  resnet_block, attn_block if every else None)
+            if once:
+                modules.append(attn_block(in_ch))
             if i_level != 0:
                 modules.append(layers.Upsample(channels=in_ch, with_conv=resamp_with_conv))
         assert not hs_c
@@ -82,6 +78,11 @@ class DDPM(nn.Module):
         modules.append(nn.GroupNorm(num_channels=in_ch, num_groups=32, eps=1e-6))
         modules.append(layers.ddpm_conv3x3(in_ch, channels, init_scale=0.))
         self.all_modules = nn.ModuleList(modules)
+
+    def _up_attention(self, i_level):
+        """(after every up-path block, once after the level): where level `i_level` attends."""
+        attend = self.attn_at_level[i_level]
+        return attend and self.attn_every_up_block, attend and not self.attn_every_up_block
 
     def forward(self, x, labels):
         if x.dim() != 4 or x.shape[1] != self.num_channels:
@@ -100,27 +101,17 @@ class DDPM(nn.Module):
         # Downsampling path.
         hs = [next(mods)(h)]
         for i_level in range(self.num_resolutions):
-            for _ in range(self.num_res_blocks):
-                h = next(mods)(hs[-1], temb)
-                if self.attn_at_level[i_level]:
-                    h = next(mods)(h)
-                hs.append(h)
+            run_down_blocks(mods, hs, temb, self.num_res_blocks, self.attn_at_level[i_level])
             if i_level != self.num_resolutions - 1:
                 hs.append(next(mods)(hs[-1]))
 
-        # Bottleneck.
-        h = hs[-1]
-        h = next(mods)(h, temb)
-        h = next(mods)(h)
-        h = next(mods)(h, temb)
+        h = run_bottleneck(mods, hs[-1], temb)
 
         # Upsampling path.
         for i_level in reversed(range(self.num_resolutions)):
-            for _ in range(self.num_res_blocks + 1):
-                h = next(mods)(torch.cat([h, hs.pop()], dim=1), temb)
-                if self.attn_every_up_block and self.attn_at_level[i_level]:
-                    h = next(mods)(h)
-            if not self.attn_every_up_block and self.attn_at_level[i_level]:
+            every, once = self._up_attention(i_level)
+            h = run_up_blocks(mods, h, hs, temb, self.num_res_blocks, every)
+            if once:
                 h = next(mods)(h)
             if i_level != 0:
                 h = next(mods)(h)

@@ -77,6 +77,58 @@ def unet_settings(net, config):
     return m
 
 
+# The U-Net skeleton NCSN++ and DDPM share: build (`add_*`, appending to the module list and the
+# stack of skip widths) and run (`run_*`, consuming the module iterator in the same order).
+
+def add_down_blocks(modules, hs_c, in_ch, out_ch, n_blocks, resnet_block, attn_block=None):
+    """`n_blocks` ResNet blocks of one down-path level, each followed by `attn_block` when given;
+    every output width is pushed on `hs_c` for the skip connections. Returns the width."""
+    for _ in range(n_blocks):
+        modules.append(resnet_block(in_ch, out_ch))
+        in_ch = out_ch
+        if attn_block is not None:
+            modules.append(attn_block(in_ch))
+        hs_c.append(in_ch)
+    return in_ch
+
+
+def add_up_blocks(modules, hs_c, in_ch, out_ch, n_blocks, resnet_block, attn_block=None):
+    """`n_blocks` + 1 ResNet blocks of one up-path level on [h, skip] (widths popped from `hs_c`),
+    each followed by `attn_block` when given. Returns the width."""
+    for _ in range(n_blocks + 1):
+        modules.append(resnet_block(in_ch + hs_c.pop(), out_ch))
+        in_ch = out_ch
+        if attn_block is not None:
+            modules.append(attn_block(in_ch))
+    return in_ch
+
+
+def run_down_blocks(mods, hs, temb, n_blocks, attention):
+    """Forward of `add_down_blocks`: each output is pushed on `hs`; returns the last."""
+    for _ in range(n_blocks):
+        h = next(mods)(hs[-1], temb)
+        if attention:
+            h = next(mods)(h)
+        hs.append(h)
+    return h
+
+
+def run_bottleneck(mods, h, temb):
+    """ResNet block, attention, ResNet block at the lowest resolution."""
+    h = next(mods)(h, temb)
+    h = next(mods)(h)
+    return next(mods)(h, temb)
+
+
+def run_up_blocks(mods, h, hs, temb, n_blocks, attention):
+    """Forward of `add_up_blocks`: each block takes [h, hs.pop()] along the channels."""
+    for _ in range(n_blocks + 1):
+        h = next(mods)(torch.cat([h, hs.pop()], dim=1), temb)
+        if attention:
+            h = next(mods)(h)
+    return h
+
+
 @register_model(name='ncsnpp')
 class NCSNpp(nn.Module):
     """NCSN++ / DDPM++ U-Net. `NCSNpp(config)` reads `config.model`, `config.data` and
@@ -142,13 +194,8 @@ class NCSNpp(nn.Module):
         in_ch = nf
         input_pyramid_ch = channels
         for i_level in range(num_resolutions):
-            for _ in range(num_res_blocks):
-                out_ch = nf * ch_mult[i_level]
-                modules.append(resnet_block(in_ch, out_ch))
-                in_ch = out_ch
-                if self.attn_at_level[i_level]:
-                    modules.append(attn_block(in_ch))
-                hs_c.append(in_ch)
+            in_ch = add_down_blocks(modules, hs_c, in_ch, nf * ch_mult[i_level], num_res_blocks,
+                                    resnet_block, attn_block if self.attn_at_level[i_level] else None)
             if i_level != num_resolutions - 1:
                 if resblock_type == 'ddpm':
                     modules.append(layerspp.Downsample(in_ch=in_ch, with_conv=resamp_with_conv,
@@ -173,10 +220,8 @@ class NCSNpp(nn.Module):
         # Upsampling path.
         pyramid_ch = 0
         for i_level in reversed(range(num_resolutions)):
-            for _ in range(num_res_blocks + 1):
-                out_ch = nf * ch_mult[i_level]
-                modules.append(resnet_block(in_ch + hs_c.pop(), out_ch))
-                in_ch = out_ch
+            in_ch = add_up_blocks(modules, hs_c, in_ch, nf * ch_mult[i_level], num_res_blocks,
+                                  resnet_block)
             if self.attn_at_level[i_level]:
                 modules.append(attn_block(in_ch))
             if progressive != 'none':
@@ -239,11 +284,7 @@ class NCSNpp(nn.Module):
         input_pyramid = x if self.progressive_input != 'none' else None
         hs = [next(mods)(x)]
         for i_level in range(self.num_resolutions):
-            for _ in range(self.num_res_blocks):
-                h = next(mods)(hs[-1], temb)
-                if self.attn_at_level[i_level]:
-                    h = next(mods)(h)
-                hs.append(h)
+            run_down_blocks(mods, hs, temb, self.num_res_blocks, self.attn_at_level[i_level])
             if i_level != self.num_resolutions - 1:
                 if self.resblock_type == 'ddpm':
                     h = next(mods)(hs[-1])
@@ -257,17 +298,12 @@ class NCSNpp(nn.Module):
                     h = input_pyramid
                 hs.append(h)
 
-        # Bottleneck.
-        h = hs[-1]
-        h = next(mods)(h, temb)
-        h = next(mods)(h)
-        h = next(mods)(h, temb)
+        h = run_bottleneck(mods, hs[-1], temb)
 
         # Upsampling path.
         pyramid = None
         for i_level in reversed(range(self.num_resolutions)):
-            for _ in range(self.num_res_blocks + 1):
-                h = next(mods)(torch.cat([h, hs.pop()], dim=1), temb)
+            h = run_up_blocks(mods, h, hs, temb, self.num_res_blocks, attention=False)
             if self.attn_at_level[i_level]:
                 h = next(mods)(h)
             if self.progressive != 'none':
