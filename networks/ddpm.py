@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from networks import layers
 from networks.ncsnpp import (add_down_blocks, add_up_blocks, run_bottleneck, run_down_blocks,
-                             run_up_blocks, time_condition_batch, unet_settings)
+                             run_up_blocks, checked_inputs, unet_settings)
 from networks.registry import register_model
 
 
@@ -26,9 +26,8 @@ class DDPM(nn.Module):
     def __init__(self, config):
         super().__init__()
         m = unet_settings(self, config)
-        act, nf, ch_mult = self.act, self.nf, self.ch_mult
-        num_res_blocks, num_resolutions = self.num_res_blocks, self.num_resolutions
-        conditional, channels = self.conditional, self.num_channels
+        nf, ch_mult, num_resolutions = self.nf, self.ch_mult, self.num_resolutions
+        n_blocks = self.num_res_blocks
         resamp_with_conv = bool(m.resamp_with_conv)
         # Original DDPM (diffusion_tf, and diffusers' AttnUpBlock2D) attends after every up-path
         # residual block; score_sde_pytorch once per level. `model.attn_every_up_block` picks the former.
@@ -39,22 +38,22 @@ class DDPM(nn.Module):
                              f"ch_mult={ch_mult} give {bad}")
 
         def resnet_block(in_ch, out_ch=None):
-            return layers.ResnetBlockDDPM(act=act, in_ch=in_ch, out_ch=out_ch, temb_dim=4 * nf,
+            return layers.ResnetBlockDDPM(act=self.act, in_ch=in_ch, out_ch=out_ch, temb_dim=4 * nf,
                                           dropout=m.dropout)
 
         def attn_block(ch):
             return layers.AttnBlock(channels=ch)
 
         modules = []
-        if conditional:
+        if self.conditional:
             modules += [layers.dense(nf, 4 * nf), layers.dense(4 * nf, 4 * nf)]
 
         # Downsampling path.
-        modules.append(layers.ddpm_conv3x3(channels, nf))
+        modules.append(layers.ddpm_conv3x3(self.num_channels, nf))
         hs_c = [nf]
         in_ch = nf
         for i_level in range(num_resolutions):
-            in_ch = add_down_blocks(modules, hs_c, in_ch, nf * ch_mult[i_level], num_res_blocks,
+            in_ch = add_down_blocks(modules, hs_c, in_ch, nf * ch_mult[i_level], n_blocks,
                                     resnet_block, attn_block if self.attn_at_level[i_level] else None)
             if i_level != num_resolutions - 1:
                 modules.append(layers.Downsample(channels=in_ch, with_conv=resamp_with_conv))
@@ -67,7 +66,7 @@ class DDPM(nn.Module):
         # Upsampling path.
         for i_level in reversed(range(num_resolutions)):
             every, once = self._up_attention(i_level)
-            in_ch = add_up_blocks(modules, hs_c, in_ch, nf * ch_mult[i_level], num_res_blocks,
+            in_ch = add_up_blocks(modules, hs_c, in_ch, nf * ch_mult[i_level], n_blocks,
                                   resnet_block, attn_block if every else None)
             if once:
                 modules.append(attn_block(in_ch))
@@ -76,7 +75,7 @@ class DDPM(nn.Module):
         assert not hs_c
 
         modules.append(nn.GroupNorm(num_channels=in_ch, num_groups=32, eps=1e-6))
-        modules.append(layers.ddpm_conv3x3(in_ch, channels, init_scale=0.))
+        modules.append(layers.ddpm_conv3x3(in_ch, self.num_channels, init_scale=0.))
         self.all_modules = nn.ModuleList(modules)
 
     def _up_attention(self, i_level):
@@ -85,10 +84,7 @@ class DDPM(nn.Module):
         return attend and self.attn_every_up_block, attend and not self.attn_every_up_block
 
     def forward(self, x, labels):
-        if x.dim() != 4 or x.shape[1] != self.num_channels:
-            raise ValueError(f"DDPM expects x of shape [B, {self.num_channels}, H, W], got "
-                             f"{tuple(x.shape)}")
-        labels = time_condition_batch(labels, x)
+        labels = checked_inputs(self, x, labels)
         mods = iter(self.all_modules)
         temb = None
         if self.conditional:

@@ -46,8 +46,12 @@ def check_unused_switches(model_cfg):
                          "uses GroupNorm only")
 
 
-def time_condition_batch(time_cond, x):
-    """`time_cond` as a [B] tensor on x's device (a scalar is broadcast over the batch)."""
+def checked_inputs(net, x, time_cond):
+    """x [B, C, H, W] checked against `net.num_channels`, and `time_cond` as a [B] tensor on x's
+    device (a scalar is broadcast over the batch)."""
+    if x.dim() != 4 or x.shape[1] != net.num_channels:
+        raise ValueError(f"{type(net).__name__} expects x of shape [B, {net.num_channels}, H, W], "
+                         f"got {tuple(x.shape)}")
     time_cond = torch.as_tensor(time_cond, device=x.device)
     if time_cond.dim() == 0:
         time_cond = time_cond.expand(x.shape[0])
@@ -55,6 +59,7 @@ def time_condition_batch(time_cond, x):
         raise ValueError(f"time_cond must have shape [B] = [{x.shape[0]}], got "
                          f"{tuple(time_cond.shape)}")
     return time_cond
+
 
 def unet_settings(net, config):
     """Set the attributes NCSN++ and DDPM share (activation, the `sigmas` buffer, widths,
@@ -270,10 +275,7 @@ class NCSNpp(nn.Module):
         return temb, used_sigmas
 
     def forward(self, x, time_cond):
-        if x.dim() != 4 or x.shape[1] != self.num_channels:
-            raise ValueError(f"NCSNpp expects x of shape [B, {self.num_channels}, H, W], got "
-                             f"{tuple(x.shape)}")
-        time_cond = time_condition_batch(time_cond, x)
+        time_cond = checked_inputs(self, x, time_cond)
         mods = iter(self.all_modules)
         temb, used_sigmas = self._embed(time_cond, mods)
 
