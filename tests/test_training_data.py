@@ -51,12 +51,13 @@ def test_mnist_idx_files():
 
 
 def test_missing_files_say_which_where_and_how(tmp_path):
+    # download=False: the message for files that are not there (downloads: test_download.py)
     with pytest.raises(DatasetNotFoundError) as e:
-        load_dataset(_cfg("MNIST", 28), "train", data_dir=tmp_path)
+        load_dataset(_cfg("MNIST", 28, download=False), "train", data_dir=tmp_path)
     msg = str(e.value)
     assert "train-images-idx3-ubyte" in msg and str(tmp_path) in msg and "http" in msg
     with pytest.raises(DatasetNotFoundError, match="binary version"):
-        load_dataset(_cfg("CIFAR10", 32, 3), "train", data_dir=tmp_path)
+        load_dataset(_cfg("CIFAR10", 32, 3, download=False), "train", data_dir=tmp_path)
     with pytest.raises(NotImplementedError, match="FOLDER' or 'NPZ'"):
         load_dataset(_cfg("CELEBA", 64, 3), "train")
     with pytest.raises(ValueError, match="unknown config.data.dataset"):

@@ -15,6 +15,9 @@ Sources, by `config.data.dataset` (case-insensitive):
   MNIST    the idx files `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`.
   CIFAR10  the *binary* release `cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin`
            (the python release is pickled and is never read here).
+           MNIST and CIFAR10 download themselves when not found (training/download.py:
+           published checksums, atomic extraction) into `data_dir`, default
+           ~/.cache/score-sde; `config.data.download = False` turns that off.
   FOLDER   an image folder (PNG/JPEG/BMP/...; `<path>/<split>/` if that exists, else `<path>`;
            images in sub-folders get the sub-folder's index as label).
   NPZ      an `.npz` file with an `images` array ([N, H, W], [N, H, W, C] or [N, C, H, W],
@@ -124,6 +127,20 @@ def _find(dirs, stems):
     return None
 
 
+def _download(config, name, data_dir, stems, subdirs):
+    """The files `stems` of dataset `name` after `training.download.ensure_dataset` fetched
+    them into `data_dir` (default ~/.cache/score-sde), or None when config.data.download is
+    False. Failures (offline, checksum) raise DatasetNotFoundError saying what to put where."""
+    if not config.data.get("download", True):
+        return None
+    from training.download import DownloadError, ensure_dataset
+    try:
+        folder = ensure_dataset(name, data_dir=data_dir)
+    except DownloadError as e:
+        raise DatasetNotFoundError(str(e)) from None
+    return _find([folder / s for s in subdirs], stems)
+
+
 def _read_bytes(path):
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rb") as f:
@@ -162,7 +179,7 @@ def _mnist(config, split, data_dir):
     prefix = "train" if split == "train" else "t10k"
     stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
     dirs = _candidate_dirs(config, data_dir, "mnist", subdirs=("mnist", "MNIST", "MNIST/raw"))
-    found = _find(dirs, stems)
+    found = _find(dirs, stems) or _download(config, "MNIST", data_dir, stems, ("",))
     if found is None:
         _missing("MNIST", [s + "[.gz]" for s in stems], dirs,
                  "Get them from http://yann.lecun.com/exdb/mnist/ (or any mirror of the four "
@@ -177,7 +194,8 @@ def _cifar10(config, split, data_dir):
              else ["test_batch.bin"])
     dirs = _candidate_dirs(config, data_dir, "cifar10",
                            subdirs=("cifar-10-batches-bin", "cifar10/cifar-10-batches-bin"))
-    found = _find(dirs, stems)
+    found = _find(dirs, stems) or _download(config, "CIFAR10", data_dir, stems,
+                                            ("cifar-10-batches-bin",))
     if found is None:
         _missing("CIFAR10", stems, dirs,
                  "Get the CIFAR-10 *binary version* (cifar-10-binary.tar.gz) from "
