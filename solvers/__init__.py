@@ -9,7 +9,8 @@ ODE, and fast samplers (EDM Heun, DPM-Solver++, an adaptive SDE solver).
 `score_fn(x, t)` is any callable returning grad_x log p_t(x) for x [B, ...] and t [B].
 Predictors, correctors, samplers and time grids live in name registries
 (`register_predictor`, `register_corrector`, `register_sampler`, `register_grid`).
-Modules: predictors, correctors, pc, ode, fast (heun, dpm_solver++), adaptive, grids, sampling.
+Modules: predictors, correctors, pc, ode, fast (heun, dpm_solver++), unipc, adaptive, grids,
+sampling.
 """
 
 from solvers.adaptive import adaptive
@@ -18,6 +19,7 @@ from solvers.common import (CountingScore, NonFiniteError, coefficients, denoise
                             with_steps)
 from solvers.correctors import CORRECTORS, get_corrector, register_corrector
 from solvers.fast import dpm_solver_pp, heun
+from solvers.unipc import unipc
 from solvers.grids import GRIDS, get_grid, register_grid
 from solvers.ode import decode, encode, integrate, ode_sampler, probability_flow_drift
 from solvers.pc import pc_sampler
@@ -56,4 +58,4 @@ __all__ = ["annealed_inpaint", "annealed_langevin", "annealed_levels", "from_adv
            "get_predictor", "heun", "inpaint", "integrate", "linear_inverse", "list_correctors",
            "list_predictors", "list_samplers", "ode_sampler", "pc_sampler",
            "probability_flow_drift", "register_corrector", "register_grid", "register_predictor",
-           "register_sampler", "sample", "with_steps"]
+           "register_sampler", "sample", "unipc", "with_steps"]

@@ -25,48 +25,59 @@ import math
 
 import torch
 
-from solvers.common import coefficients, denoise_tweedie, progress_bar, time_vector
-from solvers.grids import get_grid
+from solvers.common import (coefficients, denoise_tweedie, progress_bar, randn_like,
+                            time_vector)
+from solvers.grids import invert_noise_level, resolve_grid
 
 
-def _grid(sde, steps, eps, grid, rho, grid_options):
+def _grid(sde, steps, eps, grid, rho, grid_options, default_steps):
+    """(t, alpha, sigma) of the sampler's grid (`grids.resolve_grid`: a name or explicit times)."""
     options = dict(grid_options or {})
     if rho is not None:
         options["rho"] = rho
-    fn = get_grid(grid)
-    try:
-        t = fn(sde, steps, eps, **options)
-    except TypeError as e:
-        raise ValueError(f"time grid {grid!r} does not take options {sorted(options)}: {e}") \
-            from None
+    t = resolve_grid(sde, grid, steps, eps, default_steps, **options)
     alpha, sigma = coefficients(sde, t)
     return t, alpha, sigma
 
 
-def heun(score_fn, sde, x, *, steps=18, eps=None, denoise=True, grid="karras", rho=None,
-         grid_options=None, second_order=True, generator=None, progress=False, callback=None):
-    """EDM's deterministic Heun sampler (Karras et al. 2022, Algorithm 1) for any linear SDE.
+def heun(score_fn, sde, x, *, steps=None, eps=None, denoise=True, grid="karras", rho=None,
+         grid_options=None, second_order=True, S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"),
+         S_noise=1.0, generator=None, progress=False, callback=None):
+    """EDM's Heun sampler (Karras et al. 2022, Algorithms 1 and 2) for any linear SDE.
 
-    `steps` intervals of `grid` (default 'karras', rho = 7) from T to eps; each takes an Euler
-    step of dx_hat/ds = -sigma score and corrects it with the slope at its end (Heun); the
-    last one ends at eps. second_order=False: Euler only (NFE = steps). Returns x(eps), or
-    D(x(eps), eps) with `denoise`."""
+    `steps` intervals (default 18) of `grid` (default 'karras', rho = 7; or explicit times) from
+    T to eps; each takes an Euler step of dx_hat/ds = -sigma score and corrects it with the slope
+    at its end (Heun), except the last, which ends at eps. second_order=False: Euler only
+    (NFE = steps). Returns x(eps), or D(x(eps), eps) with `denoise`.
+
+    Churn (Algorithm 2, stochastic; all 0 by default = Algorithm 1): at a step whose noise level
+    s_i = sigma_i / alpha_i lies in [S_tmin, S_tmax] (EDM's sigma units), gamma = min(S_churn /
+    steps, sqrt(2) - 1) and the state is first moved up to s_hat = s_i (1 + gamma) (at most s(T))
+    by adding noise of std sqrt(s_hat^2 - s_i^2) S_noise to x_hat (from `generator`); the step
+    then runs from s_hat. The same in (s, x_hat) for VE, VP and sub-VP."""
     eps = sde.sampling_eps if eps is None else eps
-    t, alpha, sigma = _grid(sde, steps, eps, grid, rho, grid_options)
+    t, alpha, sigma = _grid(sde, steps, eps, grid, rho, grid_options, 18)
+    steps = len(t) - 1
     s = (sigma / alpha).tolist()
     t, alpha, sigma = t.tolist(), alpha.tolist(), sigma.tolist()
+    churn = _churn_rule(sde, steps, S_churn, S_tmin, S_tmax, S_noise)
 
-    def slope(x_hat, i):
-        return -sigma[i] * score_fn(alpha[i] * x_hat, time_vector(t[i], x_hat))
+    def slope_at(x_hat, t_i, alpha_i, sigma_i):
+        return -sigma_i * score_fn(alpha_i * x_hat, time_vector(t_i, x_hat))
 
     bar = progress_bar(steps, progress, desc="heun")
     x_hat = x / alpha[0]
     for i in range(steps):
-        ds = s[i + 1] - s[i]
-        d = slope(x_hat, i)
+        t_i, alpha_i, sigma_i, s_i = t[i], alpha[i], sigma[i], s[i]
+        if churn is not None:
+            x_hat, (t_i, alpha_i, sigma_i, s_i) = churn(x_hat, (t_i, alpha_i, sigma_i, s_i),
+                                                        generator)
+        ds = s[i + 1] - s_i
+        d = slope_at(x_hat, t_i, alpha_i, sigma_i)
         x_next = x_hat + ds * d
         if second_order:
-            x_next = x_hat + ds * 0.5 * (d + slope(x_next, i + 1))
+            x_next = x_hat + ds * 0.5 * (d + slope_at(x_next, t[i + 1], alpha[i + 1],
+                                                      sigma[i + 1]))
         x_hat = x_next
         if callback is not None:
             x_cur = alpha[i + 1] * x_hat
@@ -75,15 +86,56 @@ def heun(score_fn, sde, x, *, steps=18, eps=None, denoise=True, grid="karras", r
     bar.close()
     x = alpha[-1] * x_hat
     if denoise:
-        x = denoise_tweedie(score_fn, sde, x, time_vector(eps, x))
+        x = denoise_tweedie(score_fn, sde, x, time_vector(t[-1], x))
     return x
 
 
-def dpm_solver_pp(score_fn, sde, x, *, steps=20, eps=None, denoise=True, order=2,
+heun.default_steps = 18
+
+
+def _churn_rule(sde, steps, S_churn, S_tmin, S_tmax, S_noise):
+    """EDM's churn step (Karras et al. 2022, Algorithm 2, lines 4-6) as a function
+    (x_hat, (t, alpha, sigma, s), generator) -> (x_hat, (t_hat, alpha_hat, sigma_hat, s_hat)),
+    or None when S_churn = 0 (the deterministic Algorithm 1)."""
+    for name, value in (("S_churn", S_churn), ("S_tmin", S_tmin), ("S_noise", S_noise)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    if not S_tmax >= S_tmin:
+        raise ValueError(f"S_tmax must be at least S_tmin = {S_tmin}, got {S_tmax!r}")
+    if S_churn == 0:
+        return None
+    gamma = min(S_churn / steps, math.sqrt(2) - 1)
+    a_T, sig_T = (v.item() for v in coefficients(sde, torch.tensor([float(sde.T)],
+                                                                   dtype=torch.float64)))
+    s_top = sig_T / a_T
+
+    def churn(x_hat, point, generator):
+        t, _, _, s = point
+        if not S_tmin <= s <= S_tmax or s >= s_top:
+            return x_hat, point
+        t_hat = invert_noise_level(sde, torch.tensor([min(s * (1 + gamma), s_top)]),
+                                   lo=t).item()
+        alpha_hat, sigma_hat = _at(sde, t_hat)
+        s_hat = sigma_hat / alpha_hat
+        noise = math.sqrt(max(s_hat ** 2 - s ** 2, 0.0)) * S_noise
+        x_hat = x_hat + noise * randn_like(x_hat, generator)
+        return x_hat, (t_hat, alpha_hat, sigma_hat, s_hat)
+
+    return churn
+
+
+def _at(sde, t):
+    """(alpha(t), sigma(t)) as floats for a float time t."""
+    alpha, sigma = coefficients(sde, torch.tensor([float(t)], dtype=torch.float64))
+    return alpha.item(), sigma.item()
+
+
+def dpm_solver_pp(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order=2,
                   grid="logsnr", rho=None, grid_options=None, lower_order_final=True,
                   generator=None, progress=False, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) and its third-order multistep variant
-    (3M, as in the reference implementation) for any linear SDE.
+    (3M, as in the reference implementation) for any linear SDE, on `steps` intervals (default
+    20) of `grid` (default 'logsnr'; or explicit times).
 
     With lambda_i = log(alpha_i / sigma_i), h = lambda_i - lambda_{i-1}, phi_1 = expm1(-h) and
     the data predictions D_j = D(x_j, t_j):
@@ -99,7 +151,8 @@ def dpm_solver_pp(score_fn, sde, x, *, steps=20, eps=None, denoise=True, order=2
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver++ order must be 1, 2 or 3, got {order!r}")
     eps = sde.sampling_eps if eps is None else eps
-    t, alpha, sigma = _grid(sde, steps, eps, grid, rho, grid_options)
+    t, alpha, sigma = _grid(sde, steps, eps, grid, rho, grid_options, 20)
+    steps = len(t) - 1
     lam = torch.log(alpha / sigma).tolist()
     t, alpha, sigma = t.tolist(), alpha.tolist(), sigma.tolist()
 
@@ -135,5 +188,8 @@ def dpm_solver_pp(score_fn, sde, x, *, steps=20, eps=None, denoise=True, order=2
         bar.update()
     bar.close()
     if denoise:
-        x = denoise_tweedie(score_fn, sde, x, time_vector(eps, x))
+        x = denoise_tweedie(score_fn, sde, x, time_vector(t[-1], x))
     return x
+
+
+dpm_solver_pp.default_steps = 20

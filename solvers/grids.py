@@ -13,6 +13,10 @@ so each works for VE, VP, sub-VP and any other linear SDE:
     logsnr    : uniform in lambda = log(alpha / sigma) (DPM-Solver's 'logSNR' grid).
 
 Register another with `@register_grid("name")`: grid(sde, steps, eps, **options) -> t.
+
+A sampler's `grid=` is a grid's name (with `steps` and the grid's options) or the times
+themselves: an explicit 1-D tensor (or list) of times, largest first, which then sets the number
+of steps (`resolve_grid` checks it).
 """
 
 import torch
@@ -110,3 +114,47 @@ def logsnr(sde, steps, eps):
     lam = torch.linspace(-torch.log(s_max).item(), -torch.log(s_min).item(), steps + 1,
                          dtype=torch.float64)
     return _pin(invert_noise_level(sde, torch.exp(-lam), lo=eps), sde, eps)
+
+
+def resolve_grid(sde, grid, steps, eps, default_steps, **options):
+    """The sampler's times as a float64 CPU tensor [n + 1], largest first.
+
+    grid: a name in GRIDS (called with `steps`, default `default_steps`, eps and `options`) or an
+    explicit 1-D sequence of times: finite, strictly decreasing, within [eps, T], at least two;
+    it sets the number of steps (a `steps` that disagrees, or grid options, are an error). The
+    sampler starts from x at its first time and ends at its last."""
+    if isinstance(grid, str) or callable(grid):
+        steps = default_steps if steps is None else steps
+        fn = get_grid(grid)
+        try:
+            return fn(sde, steps, eps, **options)
+        except TypeError as e:
+            raise ValueError(f"time grid {grid!r} does not take options {sorted(options)}: "
+                             f"{e}") from None
+    try:
+        t = torch.as_tensor(grid).detach().to(device="cpu", dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"grid must be a grid's name ({', '.join(GRIDS.names())}) or a 1-D "
+                         f"tensor of times, got {type(grid).__name__}") from None
+    if options:
+        raise ValueError(f"options {sorted(options)} apply to named grids only, not to an "
+                         f"explicit tensor of times")
+    if t.dim() != 1 or t.numel() < 2:
+        raise ValueError(f"an explicit grid must be a 1-D tensor of at least 2 times, got shape "
+                         f"{list(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"an explicit grid must be finite, got {t.tolist()}")
+    diffs = t[1:] - t[:-1]
+    if (diffs >= 0).any():
+        i = int(torch.nonzero(diffs >= 0)[0])
+        raise ValueError(f"an explicit grid must be strictly decreasing (largest time first), "
+                         f"but t[{i}] = {t[i].item():g} <= t[{i + 1}] = {t[i + 1].item():g}")
+    tol = 1e-9 * sde.T
+    if t[0] > sde.T + tol or t[-1] < eps - tol:
+        raise ValueError(f"an explicit grid must lie within [eps, T] = [{eps:g}, {sde.T:g}], got "
+                         f"times from {t[0].item():g} down to {t[-1].item():g} (pass a smaller "
+                         f"eps to end lower)")
+    if steps is not None and steps != t.numel() - 1:
+        raise ValueError(f"steps={steps} does not match the explicit grid's {t.numel() - 1} "
+                         f"steps ({t.numel()} times); give one or the other")
+    return t.clamp(min=eps, max=sde.T)

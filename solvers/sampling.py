@@ -18,6 +18,7 @@ from solvers.adaptive import adaptive
 from solvers.common import CountingScore, time_vector
 from solvers.correctors import get_corrector
 from solvers.fast import dpm_solver_pp, heun
+from solvers.unipc import unipc
 from solvers.ode import ode_sampler
 from solvers.pc import pc_sampler
 from solvers.predictors import get_predictor
@@ -36,6 +37,7 @@ register_sampler("pc", pc_sampler)
 register_sampler("ode", ode_sampler)
 register_sampler("heun", heun)
 register_sampler("dpm_solver++", dpm_solver_pp)
+register_sampler("unipc", unipc)
 register_sampler("adaptive", adaptive)
 
 # The PC sampler's own arguments of `sample` (predictor, corrector, snr, n_corrector_steps,
@@ -118,8 +120,10 @@ def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffus
       {'norm': 'batch' | 'sample'}, ald: {'step_lr': ...})), 'ode' (adaptive
       probability-flow ODE; options rtol, atol, method, ode_options), 'heun' (EDM, default 18
       steps; options grid, rho, second_order), 'dpm_solver++' (default 20 steps; options order
-      (2; 1 or 3), grid, rho, lower_order_final), 'adaptive' (adaptive SDE solver; options rtol,
-      atol, h_init, error_norm, ...), or any name added with `register_sampler`.
+      (2; 1 or 3), grid, rho, lower_order_final), 'unipc' (UniPC, default 10 steps; options
+      order, variant, use_corrector, grid, lower_order_final, analytic_first), 'adaptive'
+      (adaptive SDE solver; options rtol, atol, h_init, error_norm, ...), or any name added
+      with `register_sampler`.
       The PC arguments are ignored by samplers that do not take them; other options a sampler
       does not take are an error.
     eps: last time (default sde.sampling_eps: 1e-5 VE, 1e-3 VP/sub-VP). denoise: finish with a
@@ -209,6 +213,8 @@ def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffus
             "batches": len(chunks), **{k: v for k, v in kwargs.items() if k not in
                                        ("project", "corrector_options", "predictor_options")}}
     if "steps" in params and "steps" not in kwargs:
-        default = params["steps"].default
-        info["steps"] = sde.N if default is None else default
+        default = getattr(fn, "default_steps", params["steps"].default)
+        grid = kwargs.get("grid")
+        info["steps"] = (len(grid) - 1 if grid is not None and not isinstance(grid, str)
+                         else sde.N if default is None else default)
     return SampleResult(samples, max(nfes), info)
