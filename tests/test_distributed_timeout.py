@@ -22,8 +22,8 @@ os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
 from training.distributed import StopSignals, any_process, init_distributed
 info = init_distributed(device="cpu", timeout=timeout)
-print("ready", flush=True)
 with StopSignals(grace=1.0, rank=rank) as stop:
+    print("ready", flush=True)
     while not any_process(stop.set, info):
         pass
 print("stopped cleanly", flush=True)
@@ -114,3 +114,48 @@ def test_the_timeout_must_be_positive(monkeypatch):
     monkeypatch.setenv(TIMEOUT_ENV, "soon")
     with pytest.raises(ValueError, match=TIMEOUT_ENV):
         collective_timeout()
+
+
+TRAINER = """
+import json, os, sys
+rank, port, workdir, config_json = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                  MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+import ml_collections, torch
+torch.set_num_threads(1)
+from training.train import train
+train(ml_collections.ConfigDict(json.loads(config_json)), workdir, device="cpu", progress=False)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_ddp_training_with_a_stalled_rank_ends_after_config_dist_timeout(tmp_path):
+    """The whole loop: config.training.dist_timeout reaches the process group, and the wait
+    (in DDP's gradient all-reduce or the loop's own collectives) ends with the clear error."""
+    import configs
+    from training.logs import read_log
+    c = configs.get_config("builtin/digits_vp")
+    c.model.nf, c.model.ch_mult, c.model.num_res_blocks, c.model.num_scales = 8, (1, 2), 1, 50
+    c.training.batch_size, c.training.n_iters, c.training.log_freq = 8, 100000, 1
+    c.training.eval_freq, c.training.snapshot_freq_for_preemption = 0, 1000
+    c.training.dist_timeout = 3
+    port = str(_free_port())
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", TRAINER, str(r), port, str(tmp_path),
+                               c.to_json()], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        log, t0 = tmp_path / "log.jsonl", time.monotonic()
+        while not (log.exists() and any(r.get("event") == "train" for r in read_log(log))):
+            assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+            assert time.monotonic() - t0 < 120
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        _, err = procs[0].communicate(timeout=60)
+        waited = time.monotonic() - t0
+    finally:
+        _stop_all(procs)
+    assert procs[0].returncode != 0 and waited < 30
+    assert "DistributedTimeoutError: rank 0 of 2" in err, err[-3000:]
+    assert "collective timeout 3 s" in err
