@@ -500,6 +500,29 @@ def _fill_config(config, cfg, family, levels, attn, size, sde, continuous, sched
     config.data.centered = not bool(cfg['center_input_sample'])
 
 
+# Hosted model names -> the dataset they were trained on (config.data.dataset, LSUN category).
+_HUB_DATASETS = (('cifar10', 'CIFAR10', None), ('celebahq', 'CelebAHQ', None),
+                 ('ffhq', 'FFHQ', None), ('church', 'LSUN', 'church_outdoor'),
+                 ('bedroom', 'LSUN', 'bedroom'))
+
+
+def _name_dataset(config, desc, notes):
+    """Set config.data.dataset from the model's name (google/ddpm-cifar10-32 -> CIFAR10),
+    else note that it is the base config's guess."""
+    name = os.path.basename(str(desc).rstrip('/\\')).lower()
+    for key, dataset, category in _HUB_DATASETS:
+        if key in name:
+            with config.ignore_type():
+                config.data.dataset = dataset
+                if category:
+                    config.data.category = category
+            return
+    if (config.data.image_size, config.data.num_channels) == (32, 3):
+        config.data.dataset = 'CIFAR10'
+    notes.append(f"config.data.dataset = {config.data.dataset!r} is a guess; set it (and "
+                 f"config.data.path) before evaluating on data")
+
+
 # ----------------------------------------------------------------------------- weight mapping
 
 # Per layer kind: toolkit parameter (relative to the layer) -> (diffusers names relative to the
@@ -687,6 +710,7 @@ def from_diffusers(source, scheduler=None, device='cpu'):
     sde, continuous, more = sde_from_scheduler(sched_cfg, family)
     notes += more
     config = toolkit_config(unet_cfg, sde, continuous, sched_cfg)
+    _name_dataset(config, desc, notes)
     model = get_model_class(config.model.name)(config)
     entries = weight_map(model, family, levels, int(cfg['layers_per_block']), attn)
     mapped = map_state(model, state, entries, f"diffusers model {desc!r}")
