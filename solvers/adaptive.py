@@ -19,7 +19,7 @@ exponent = 0.9, rtol = 0.01 (the authors' code); atol = 0.0078 (the paper's valu
 import torch
 
 from sde_lib import expand_to
-from solvers.common import denoise_tweedie, progress_bar, randn_like
+from solvers.common import denoise_tweedie, nonfinite_rows, progress_bar, randn_like
 
 
 def adaptive(score_fn, sde, x, *, eps=None, denoise=True, rtol=0.01, atol=0.0078, h_init=0.01,
@@ -63,8 +63,8 @@ def adaptive(score_fn, sde, x, *, eps=None, denoise=True, rtol=0.01, atol=0.0078
         x2 = x + 0.5 * (k1 + k2)
         delta = torch.clamp(rtol * torch.maximum(x1.abs(), x_prev.abs()), min=atol)
         ratio2 = (0.5 * (k2 - k1) / delta).flatten(1).pow(2).to(torch.float64)
-        nonfinite = ~torch.isfinite(ratio2).all(1)
-        if bool(nonfinite.any()):
+        nonfinite = nonfinite_rows(ratio2)
+        if nonfinite is not None:
             # a sample whose drift went NaN/inf can never pass the error test: set it aside
             # (finished, returned as NaN) instead of stalling the loop or the batch norm
             bad = bad | nonfinite

@@ -10,6 +10,7 @@ smallest noise level visited), `options` are the corrector's own keyword argumen
 `corrector_options=` to `solvers.sample`). `x_mean` is the state before the last step's noise.
 """
 
+import math
 import warnings
 
 import torch
@@ -42,9 +43,10 @@ def _discrete_alpha(sde, t):
 def _finite_mean(v):
     """The mean of the finite entries of v [B] (all of them, the plain mean, when all are
     finite); warns naming how many were left out."""
+    mean = v.mean()
     finite = torch.isfinite(v)
-    if bool(finite.all()):
-        return v.mean()
+    if math.isfinite(float(mean)) or bool(finite.all()):
+        return mean
     bad = int((~finite).sum())
     warnings.warn(f"langevin corrector: {bad} of {v.numel()} samples have a NaN/inf score; the "
                   f"batch-averaged score norm leaves them out", RuntimeWarning, stacklevel=3)

@@ -16,7 +16,7 @@ rtol = atol = 1e-5.
 import torch
 
 from sde_lib import expand_to
-from solvers.common import CountingScore, progress_bar, time_vector
+from solvers.common import CountingScore, nonfinite_rows, progress_bar, time_vector
 from solvers.result import EncodeResult, SampleResult
 
 _SCIPY_PREFIX = "scipy_"
@@ -56,9 +56,9 @@ def integrate(score_fn, sde, x, t_start, t_end, *, rtol=1e-5, atol=1e-5, method=
         count[0] += 1
         bar.update()
         d = drift(x, vec_t)
-        finite = torch.isfinite(d).reshape(d.shape[0], -1).all(1)
-        if not bool(finite.all()):
-            bad[0] = ~finite if bad[0] is None else bad[0] | ~finite
+        nonfinite = nonfinite_rows(d)
+        if nonfinite is not None:
+            bad[0] = nonfinite if bad[0] is None else bad[0] | nonfinite
         if bad[0] is not None:
             d = torch.where(expand_to(bad[0], d), torch.zeros_like(d), d)
         return d
