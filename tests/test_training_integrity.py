@@ -246,6 +246,8 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_run(tmp_p
     # a temporary file of a writer that died (as a kill mid-write leaves) is removed at start
     stale = Path(meta_path(wd)).parent / ".checkpoint.pth.99999999.0123456789ab.tmp"
     stale.write_bytes(b"half a checkpoint")
+    (Path(wd) / "samples" / "iter_7").mkdir(parents=True)
+    (Path(wd) / "samples" / "iter_7" / ".sample.png.99999999.0123456789ab.tmp").write_bytes(b"")
     rest = train(c, wd, device="cpu", progress=False, log=lambda *a: None)
     assert rest["status"] == "done" and rest["step"] == n_iters
     _assert_same_state(meta_path(tmp_path / "whole"), meta_path(wd))

@@ -48,6 +48,16 @@ from training.pipeline import BatchOrder, augment, get_images, mix_seed, shard_s
 _STEP, _DROPOUT, _EVAL, _SNAPSHOT = 1, 2, 3, 4
 
 
+def _written_dirs(workdir):
+    """The folders a training run writes: the workdir, the checkpoint folders and the snapshot
+    sample folders."""
+    out = [workdir, os.path.join(workdir, PERIODIC_DIR), os.path.dirname(meta_path(workdir))]
+    samples = os.path.join(workdir, "samples")
+    if os.path.isdir(samples):
+        out += [e.path for e in os.scandir(samples) if e.is_dir()]
+    return out
+
+
 def _quiet(*args, **kwargs):
     """Non-zero ranks: discovery warnings are rank 0's to print."""
 
@@ -140,8 +150,7 @@ def _train(config, workdir, info, data_dir, progress, stop_after, log):
     if info.is_main:
         os.makedirs(os.path.join(workdir, PERIODIC_DIR), exist_ok=True)
         os.makedirs(os.path.dirname(meta_path(workdir)), exist_ok=True)
-        for path in remove_stale_temps(workdir, os.path.join(workdir, PERIODIC_DIR),
-                                       os.path.dirname(meta_path(workdir))):
+        for path in remove_stale_temps(*_written_dirs(workdir)):
             log(f"removed {path}, left by a writer that died")
 
     options = RuntimeOptions.from_config(config)
