@@ -15,7 +15,8 @@ import inspect
 import torch
 
 from solvers.adaptive import adaptive
-from solvers.common import CountingScore, time_vector
+from solvers.common import (ON_NONFINITE, CountingScore, batch_slices, check_finite,
+                            check_finite_samples, finite_positive, probe_score)
 from solvers.correctors import get_corrector
 from solvers.fast import dpm_solver_pp, heun
 from solvers.unipc import unipc
@@ -57,30 +58,6 @@ def _check_shape(shape):
     return tuple(int(s) for s in shape)
 
 
-def _probe(score_fn, sde, shape, device, dtype):
-    """Evaluate the score once on one zero sample at t = T and check the output's shape, so a
-    shape that does not fit the model fails before any work (not counted in the NFE)."""
-    x = torch.zeros((1,) + tuple(shape[1:]), device=device, dtype=dtype)
-    try:
-        out = score_fn(x, time_vector(sde.T, x))
-    except Exception as e:  # a model that cannot take this shape raises its own error
-        raise ValueError(f"the score function fails on samples of shape {list(shape[1:])} "
-                         f"(probe of shape {list(x.shape)}): {type(e).__name__}: {e}") from e
-    if not torch.is_tensor(out) or out.shape != x.shape:
-        got = list(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ValueError(f"the score function returns {got} for input of shape {list(x.shape)}: "
-                         f"samples of shape {list(shape[1:])} do not fit the model")
-
-
-def _split(n, batch_size):
-    if batch_size is None:
-        return [n]
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
-    return [min(batch_size, n - i) for i in range(0, n, batch_size)]
-
-
 def _with_rows(hook, rows):
     """A hook that takes a `rows` keyword gets the slice of the whole batch that the current
     chunk covers (so per-sample data such as an inpainting mask can be indexed under
@@ -92,6 +69,18 @@ def _with_rows(hook, rows):
     except (TypeError, ValueError):
         takes_rows = False
     return functools.partial(hook, rows=rows) if takes_rows else hook
+
+
+def _counting_steps(counted, hook):
+    """The sampler's callback: keeps `counted.step` (completed steps, for the non-finite
+    report) up to date, then calls `hook` if given."""
+
+    def callback(i, t, x, x_mean):
+        counted.step = i + 1
+        if hook is not None:
+            hook(i, t, x, x_mean)
+
+    return callback
 
 
 def _sampler_kwargs(fn, name, given):
@@ -111,7 +100,8 @@ def _sampler_kwargs(fn, name, given):
 def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffusion",
            corrector="langevin", steps=None, snr=0.16, n_corrector_steps=1, eps=None,
            denoise=True, generator=None, device=None, progress=False, batch_size=None,
-           dtype=torch.float32, x_init=None, callback=None, check_shape=True, **options):
+           dtype=torch.float32, x_init=None, callback=None, check_shape=True,
+           on_nonfinite="raise", **options):
     """Draw samples of the data distribution whose score is `score_fn(x, t)` under `sde`.
 
     sampler: 'pc' (predictor-corrector; `predictor` in PREDICTORS, `corrector` in CORRECTORS,
@@ -133,7 +123,13 @@ def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffus
       CPU / float32). x_init: the starting point x(T) instead of a prior draw (shape from it).
     batch_size: split the batch into chunks of at most this many samples, run one after the
       other with the same generator (so the result depends on batch_size).
-    check_shape: evaluate the score once on one sample at t = T before any work (not counted).
+    check_shape: evaluate the score once on two different samples at t = T before any work
+      (not counted), so that a shape that does not fit, or an output of batch 1, fails at once.
+    on_nonfinite: 'raise' (default): a NaN/inf from the score function stops sampling at the step
+      where it appeared with a NonFiniteError naming the step, the time and the samples; a NaN/inf
+      in the final samples is an error too. 'keep': sampling goes on and the samples that went
+      bad are listed in info['nonfinite'] ({row: (step, time)}; rows with a NaN/inf only in the
+      result have step None). The check is made on every score evaluation of every sampler.
     callback(i, t, x, x_mean): called after each step. progress: show a tqdm bar.
     Hooks (callback, and the PC sampler's project) see one batch chunk at a time; one that takes
     a `rows` keyword is also given the slice of the whole batch that the chunk covers.
@@ -166,8 +162,12 @@ def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffus
     if int(n_corrector_steps) != n_corrector_steps or n_corrector_steps < 0:
         raise ValueError(f"n_corrector_steps must be a non-negative integer, "
                          f"got {n_corrector_steps!r}")
-    if not snr > 0:
-        raise ValueError(f"snr must be positive, got {snr!r}")
+    if not finite_positive(snr):
+        raise ValueError(f"snr must be a finite positive number, got {snr!r}")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+    if x_init is not None:
+        check_finite("x_init", x_init)
 
     kwargs = dict(options)
     params = inspect.signature(fn).parameters
@@ -183,35 +183,39 @@ def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffus
     if steps is not None:
         kwargs["steps"] = int(steps)
     kwargs = _sampler_kwargs(fn, name, kwargs)
-    sizes = _split(shape[0], batch_size)
+    slices = batch_slices(shape[0], batch_size)
 
     if check_shape:
-        _probe(score_fn, sde, shape, device, dtype)
+        probe_score(score_fn, sde, shape[1:], device, dtype)
 
-    chunks, nfes = [], []
-    start = 0
-    for n in sizes:
-        chunk_shape = (n,) + shape[1:]
-        rows = slice(start, start + n)
+    chunks, nfes, nonfinite = [], [], {}
+    for rows in slices:
+        chunk_shape = (rows.stop - rows.start,) + shape[1:]
         if x_init is None:
             # drawn on the generator's device, so a CPU generator seeds a GPU run identically
             where = generator.device if generator is not None else device
             x = sde.prior_sampling(chunk_shape, generator=generator, device=where,
                                    dtype=dtype).to(device)
         else:
-            x = x_init[start:start + n].to(device=device, dtype=dtype)
-        start += n
-        counted = CountingScore(score_fn)
+            x = x_init[rows].to(device=device, dtype=dtype)
+        counted = CountingScore(score_fn, on_nonfinite, row_offset=rows.start)
         chunk_kwargs = {k: _with_rows(v, rows) if k == "project" else v
                         for k, v in kwargs.items()}
         x = fn(counted, sde, x, eps=eps, denoise=denoise, generator=generator,
-               progress=progress, callback=_with_rows(callback, rows), **chunk_kwargs)
+               progress=progress, callback=_counting_steps(counted, _with_rows(callback, rows)),
+               **chunk_kwargs)
+        nonfinite.update(counted.nonfinite)
+        for r in check_finite_samples(x, f"the result of sampler {name!r}", on_nonfinite,
+                                      rows.start):
+            nonfinite.setdefault(r, (None, None))
         chunks.append(x)
         nfes.append(counted.nfe)
     samples = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     info = {"sampler": name, "eps": eps, "denoise": denoise, "nfe_per_batch": nfes,
             "batches": len(chunks), **{k: v for k, v in kwargs.items() if k not in
                                        ("project", "corrector_options", "predictor_options")}}
+    if on_nonfinite == "keep":
+        info["nonfinite"] = dict(sorted(nonfinite.items()))
     if "steps" in params and "steps" not in kwargs:
         default = getattr(fn, "default_steps", params["steps"].default)
         grid = kwargs.get("grid")
