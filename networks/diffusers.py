@@ -180,30 +180,36 @@ def _read_folder(folder):
 
 
 def _download(repo_id):
-    """A local snapshot folder of hub model `repo_id` (configs and weights only)."""
+    """A local snapshot folder of hub model `repo_id`: its JSON configs, then the weights of
+    the model folder only (unet/ of a pipeline, else the root), safetensors when published."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import hf_hub_download, snapshot_download
     except ImportError:
         raise DiffusersError(f"{repo_id!r} is neither a folder nor loadable: a hub id needs "
                              f"huggingface_hub (pip install 'score-sde-toolkit[diffusers]')"
                              ) from None
-    patterns = ['*.json', '*/*.json', 'diffusion_pytorch_model.safetensors',
-                '*/diffusion_pytorch_model.safetensors']
-    try:
-        folder = snapshot_download(repo_id, allow_patterns=patterns)
-        base = os.path.join(folder, 'unet') if os.path.isdir(os.path.join(folder, 'unet')) \
-            else folder
-        if not os.path.isfile(os.path.join(base, WEIGHT_FILES[0])):
-            folder = snapshot_download(repo_id, allow_patterns=patterns + [
-                'diffusion_pytorch_model.bin', '*/diffusion_pytorch_model.bin'])
-    except Exception as e:  # offline, not found, gated, ...: one clear message
+
+    def fail(e):
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DiffusersError(
+        return DiffusersError(
             f"cannot fetch hub model {repo_id!r} ({type(e).__name__}: {detail}). Offline, it "
             f"must already be in the Hugging Face cache; otherwise download it where there is "
-            f"network (`huggingface-cli download {repo_id} --local-dir DIR`) and pass DIR"
-        ) from None
-    return folder
+            f"network (`huggingface-cli download {repo_id} --local-dir DIR`) and pass DIR")
+
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=['*.json'])
+    except Exception as e:  # offline, not found, gated, ...: one clear message
+        raise fail(e) from None
+    sub = 'unet' if os.path.isfile(os.path.join(folder, 'unet', CONFIG_FILE)) else None
+    errors = []
+    for name in WEIGHT_FILES:
+        try:
+            hf_hub_download(repo_id, name, subfolder=sub,
+                            revision=os.path.basename(os.path.normpath(folder)))
+            return folder
+        except Exception as e:  # not published in this format, or not cached offline
+            errors.append(e)
+    raise fail(errors[-1]) from None
 
 
 def _resolve(source, scheduler):

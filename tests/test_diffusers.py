@@ -220,6 +220,37 @@ def test_hub_id_offline_gives_clear_error(tmp_path, monkeypatch):
         networks.from_diffusers('google/ddpm-cifar10-32')
 
 
+def test_hub_id_reads_the_snapshot_folder(tmp_path, monkeypatch):
+    """A hub id goes through huggingface_hub (here a stand-in serving a local snapshot):
+    configs first, then only the unet's weights, safetensors first."""
+    snapshot = tmp_path / 'snapshots' / 'abc123'
+    unet = ncsnpp_unet(seed=8)
+    _pipeline_dir(snapshot, unet, ScoreSdeVeScheduler(num_train_timesteps=50))
+    weights = snapshot / 'unet' / 'diffusion_pytorch_model.safetensors'
+    stash = tmp_path / 'stash.safetensors'
+    weights.rename(stash)  # "not downloaded yet"
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kw):
+        calls.append(('snapshot', repo_id, tuple(allow_patterns)))
+        return str(snapshot)
+
+    def hf_hub_download(repo_id, filename, subfolder=None, revision=None, **kw):
+        calls.append(('file', filename, subfolder, revision))
+        if not filename.endswith('.safetensors'):
+            raise AssertionError('the .bin is fetched only when no .safetensors exists')
+        stash.rename(weights)
+        return str(weights)
+
+    monkeypatch.setattr(huggingface_hub, 'snapshot_download', snapshot_download)
+    monkeypatch.setattr(huggingface_hub, 'hf_hub_download', hf_hub_download)
+    model, sde, info = networks.from_diffusers('google/ncsnpp-celebahq-256')
+    assert calls == [('snapshot', 'google/ncsnpp-celebahq-256', ('*.json',)),
+                     ('file', 'diffusion_pytorch_model.safetensors', 'unet', 'abc123')]
+    assert sde.N == 50 and info.source == 'hub:google/ncsnpp-celebahq-256'
+    assert info.config.data.dataset == 'CelebAHQ'
+
+
 @pytest.mark.parametrize('make', [ncsnpp_unet, ddpm_unet])
 def test_to_diffusers_round_trip(tmp_path, make):
     unet = make(seed=7)
