@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from networks.utils import get_act  # noqa: F401  (re-exported: the original's `layers.get_act`)
 
+_SQRT2 = math.sqrt(2.)
+
 
 # ----------------------------------------------------------------------------- initializers
 
@@ -166,21 +168,49 @@ class Downsample(nn.Module):
         return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 
+def residual_sum(x, h, skip_rescale=False):
+    """x + h, divided by sqrt(2) when `skip_rescale` (keeps the variance of the sum)."""
+    return (x + h) / _SQRT2 if skip_rescale else x + h
+
+
+def ddpm_group_norm(channels):
+    """DDPM's GroupNorm: 32 groups, eps 1e-6."""
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6)
+
+
+def add_residual_layers(block, norm, in_ch, out_ch, temb_dim, dropout, init_scale):
+    """The layers of every DDPM-style residual block, under the original's names: GroupNorm_0,
+    Conv_0 (3x3, in_ch -> out_ch), Dense_0 (from the time embedding, when `temb_dim`),
+    GroupNorm_1, Dropout_0, Conv_1 (3x3, `init_scale`)."""
+    block.GroupNorm_0 = norm(in_ch)
+    block.Conv_0 = ddpm_conv3x3(in_ch, out_ch)
+    if temb_dim is not None:
+        block.Dense_0 = dense(temb_dim, out_ch)
+    block.GroupNorm_1 = norm(out_ch)
+    block.Dropout_0 = nn.Dropout(dropout)
+    block.Conv_1 = ddpm_conv3x3(out_ch, out_ch, init_scale=init_scale)
+
+
+def residual_branch_tail(block, h, temb):
+    """The residual branch after Conv_0: + Dense_0(act(temb)), then Conv_1(Dropout(act(GN(h))))."""
+    if temb is not None:
+        h = h + block.Dense_0(block.act(temb))[:, :, None, None]
+    return block.Conv_1(block.Dropout_0(block.act(block.GroupNorm_1(h))))
+
+
 class ResnetBlockDDPM(nn.Module):
     """DDPM residual block: x' + Conv(Dropout(act(GN(Conv(act(GN(x))) + Dense(act(temb)))))),
-    with x' = x, or a NIN / 3x3 conv projection when the channel count changes."""
+    with x' = x, or a NIN / 3x3 conv projection when the channel count changes.
 
-    def __init__(self, act, in_ch, out_ch=None, temb_dim=None, conv_shortcut=False, dropout=0.1):
+    `norm` (channels -> GroupNorm; DDPM's 32 groups by default), `init_scale` of the last conv
+    and `skip_rescale` (the sum divided by sqrt(2)) are NCSN++'s variations (layerspp)."""
+
+    def __init__(self, act, in_ch, out_ch=None, temb_dim=None, conv_shortcut=False, dropout=0.1,
+                 *, norm=ddpm_group_norm, init_scale=0., skip_rescale=False):
         super().__init__()
         out_ch = out_ch or in_ch
-        self.GroupNorm_0 = nn.GroupNorm(num_groups=32, num_channels=in_ch, eps=1e-6)
+        add_residual_layers(self, norm, in_ch, out_ch, temb_dim, dropout, init_scale)
         self.act = act
-        self.Conv_0 = ddpm_conv3x3(in_ch, out_ch)
-        if temb_dim is not None:
-            self.Dense_0 = dense(temb_dim, out_ch)
-        self.GroupNorm_1 = nn.GroupNorm(num_groups=32, num_channels=out_ch, eps=1e-6)
-        self.Dropout_0 = nn.Dropout(dropout)
-        self.Conv_1 = ddpm_conv3x3(out_ch, out_ch, init_scale=0.)
         if in_ch != out_ch:
             if conv_shortcut:
                 self.Conv_2 = ddpm_conv3x3(in_ch, out_ch)
@@ -188,14 +218,13 @@ class ResnetBlockDDPM(nn.Module):
                 self.NIN_0 = NIN(in_ch, out_ch)
         self.in_ch, self.out_ch = in_ch, out_ch
         self.conv_shortcut = conv_shortcut
+        self.skip_rescale = skip_rescale
 
     def forward(self, x, temb=None):
         if x.shape[1] != self.in_ch:
-            raise ValueError(f"ResnetBlockDDPM expects {self.in_ch} channels, got {x.shape[1]}")
-        h = self.Conv_0(self.act(self.GroupNorm_0(x)))
-        if temb is not None:
-            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+            raise ValueError(f"{type(self).__name__} expects {self.in_ch} channels, got "
+                             f"{x.shape[1]}")
+        h = residual_branch_tail(self, self.Conv_0(self.act(self.GroupNorm_0(x))), temb)
         if self.in_ch != self.out_ch:
             x = self.Conv_2(x) if self.conv_shortcut else self.NIN_0(x)
-        return x + h
+        return residual_sum(x, h, self.skip_rescale)

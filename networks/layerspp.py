@@ -11,17 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from networks import up_or_down_sampling as resample
-from networks.layers import NIN, ddpm_conv1x1, ddpm_conv3x3, default_init, dense, self_attention
+from networks.layers import (NIN, ResnetBlockDDPM, add_residual_layers, ddpm_conv1x1, ddpm_conv3x3,
+                             default_init, residual_branch_tail, residual_sum, self_attention)
 
 conv1x1 = ddpm_conv1x1
 conv3x3 = ddpm_conv3x3
-
-_SQRT2 = math.sqrt(2.)
-
-
-def residual_sum(x, h, skip_rescale):
-    """x + h, divided by sqrt(2) when `skip_rescale` (keeps the variance of the sum)."""
-    return (x + h) / _SQRT2 if skip_rescale else x + h
 
 
 def group_norm(channels):
@@ -79,94 +73,65 @@ def _fir_conv(in_ch, out_ch, fir_kernel, up=False, down=False):
                            use_bias=True, kernel_init=default_init())
 
 
-class Upsample(nn.Module):
-    """2x upsampling: nearest neighbour (+ 3x3 conv) or FIR (`fir`, optionally fused with a 3x3
-    conv); `out_ch` defaults to `in_ch`."""
+class _Resample(nn.Module):
+    """2x up- or downsampling, shared by Upsample and Downsample: nearest neighbour / average
+    pooling, a 3x3 conv (stride 2 with 'SAME' padding going down), or FIR (`fir`, optionally fused
+    with the conv: `Conv2d_0`); `out_ch` defaults to `in_ch`."""
 
-    def __init__(self, in_ch=None, out_ch=None, with_conv=False, fir=False, fir_kernel=(1, 3, 3, 1)):
+    def __init__(self, in_ch, out_ch, with_conv, fir, fir_kernel, up):
         super().__init__()
         out_ch = out_ch or in_ch
         if with_conv:
             if fir:
-                self.Conv2d_0 = _fir_conv(in_ch, out_ch, fir_kernel, up=True)
-            else:
-                self.Conv_0 = conv3x3(in_ch, out_ch)
-        self.fir, self.with_conv = fir, with_conv
+                self.Conv2d_0 = _fir_conv(in_ch, out_ch, fir_kernel, up=up, down=not up)
+            else:  # stride-2 'SAME' conv when going down (the input is padded in forward)
+                self.Conv_0 = (conv3x3(in_ch, out_ch) if up else
+                               conv3x3(in_ch, out_ch, stride=2, padding=0))
+        self.up, self.fir, self.with_conv = up, fir, with_conv
         self.fir_kernel = tuple(fir_kernel)
         self.out_ch = out_ch
         if fir and not with_conv:
-            self.register_buffer('fir_up', resample.prepare_kernel(fir_kernel, 2, up=True),
+            self.register_buffer('fir_resample', resample.prepare_kernel(fir_kernel, 2, up=up),
                                  persistent=False)
 
     def forward(self, x):
         if self.fir:
             if self.with_conv:
                 return self.Conv2d_0(x)
-            return resample.upsample_2d(x, kernel=self.fir_up)
-        h = F.interpolate(x, scale_factor=2, mode='nearest')
-        return self.Conv_0(h) if self.with_conv else h
-
-
-class Downsample(nn.Module):
-    """2x downsampling: stride-2 3x3 conv with 'SAME' padding or average pooling, or FIR (`fir`,
-    optionally fused with a stride-2 3x3 conv); `out_ch` defaults to `in_ch`."""
-
-    def __init__(self, in_ch=None, out_ch=None, with_conv=False, fir=False, fir_kernel=(1, 3, 3, 1)):
-        super().__init__()
-        out_ch = out_ch or in_ch
-        if with_conv:
-            if fir:
-                self.Conv2d_0 = _fir_conv(in_ch, out_ch, fir_kernel, down=True)
-            else:
-                self.Conv_0 = conv3x3(in_ch, out_ch, stride=2, padding=0)
-        self.fir, self.with_conv = fir, with_conv
-        self.fir_kernel = tuple(fir_kernel)
-        self.out_ch = out_ch
-        if fir and not with_conv:
-            self.register_buffer('fir_down', resample.prepare_kernel(fir_kernel, 2), persistent=False)
-
-    def forward(self, x):
-        if self.fir:
-            if self.with_conv:
-                return self.Conv2d_0(x)
-            return resample.downsample_2d(x, kernel=self.fir_down)
+            fir = resample.upsample_2d if self.up else resample.downsample_2d
+            return fir(x, kernel=self.fir_resample)
+        if self.up:
+            h = F.interpolate(x, scale_factor=2, mode='nearest')
+            return self.Conv_0(h) if self.with_conv else h
         if self.with_conv:
             return self.Conv_0(F.pad(x, (0, 1, 0, 1)))
         return F.avg_pool2d(x, 2, stride=2)
 
 
-class ResnetBlockDDPMpp(nn.Module):
-    """DDPM residual block with NCSN++ group counts and optional 1/sqrt(2) skip rescaling."""
+class Upsample(_Resample):
+    """2x upsampling: nearest neighbour (+ 3x3 conv) or FIR (`fir`, optionally fused with a 3x3
+    conv); `out_ch` defaults to `in_ch`."""
+
+    def __init__(self, in_ch=None, out_ch=None, with_conv=False, fir=False, fir_kernel=(1, 3, 3, 1)):
+        super().__init__(in_ch, out_ch, with_conv, fir, fir_kernel, up=True)
+
+
+class Downsample(_Resample):
+    """2x downsampling: stride-2 3x3 conv with 'SAME' padding or average pooling, or FIR (`fir`,
+    optionally fused with a stride-2 3x3 conv); `out_ch` defaults to `in_ch`."""
+
+    def __init__(self, in_ch=None, out_ch=None, with_conv=False, fir=False, fir_kernel=(1, 3, 3, 1)):
+        super().__init__(in_ch, out_ch, with_conv, fir, fir_kernel, up=False)
+
+
+class ResnetBlockDDPMpp(ResnetBlockDDPM):
+    """DDPM residual block with NCSN++ group counts (`group_norm`) and optional 1/sqrt(2) skip
+    rescaling."""
 
     def __init__(self, act, in_ch, out_ch=None, temb_dim=None, conv_shortcut=False, dropout=0.1,
                  skip_rescale=False, init_scale=0.):
-        super().__init__()
-        out_ch = out_ch or in_ch
-        self.GroupNorm_0 = group_norm(in_ch)
-        self.Conv_0 = conv3x3(in_ch, out_ch)
-        if temb_dim is not None:
-            self.Dense_0 = dense(temb_dim, out_ch)
-        self.GroupNorm_1 = group_norm(out_ch)
-        self.Dropout_0 = nn.Dropout(dropout)
-        self.Conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
-        if in_ch != out_ch:
-            if conv_shortcut:
-                self.Conv_2 = conv3x3(in_ch, out_ch)
-            else:
-                self.NIN_0 = NIN(in_ch, out_ch)
-        self.skip_rescale = skip_rescale
-        self.act = act
-        self.in_ch, self.out_ch = in_ch, out_ch
-        self.conv_shortcut = conv_shortcut
-
-    def forward(self, x, temb=None):
-        h = self.Conv_0(self.act(self.GroupNorm_0(x)))
-        if temb is not None:
-            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
-        if self.in_ch != self.out_ch:
-            x = self.Conv_2(x) if self.conv_shortcut else self.NIN_0(x)
-        return residual_sum(x, h, self.skip_rescale)
+        super().__init__(act, in_ch, out_ch, temb_dim, conv_shortcut, dropout, norm=group_norm,
+                         init_scale=init_scale, skip_rescale=skip_rescale)
 
 
 class ResnetBlockBigGANpp(nn.Module):
@@ -179,16 +144,10 @@ class ResnetBlockBigGANpp(nn.Module):
         if up and down:
             raise ValueError("ResnetBlockBigGANpp: up and down cannot both be set")
         out_ch = out_ch or in_ch
-        self.GroupNorm_0 = group_norm(in_ch)
+        add_residual_layers(self, group_norm, in_ch, out_ch, temb_dim, dropout, init_scale)
         self.up, self.down = up, down
         self.fir = fir
         self.fir_kernel = tuple(fir_kernel)
-        self.Conv_0 = conv3x3(in_ch, out_ch)
-        if temb_dim is not None:
-            self.Dense_0 = dense(temb_dim, out_ch)
-        self.GroupNorm_1 = group_norm(out_ch)
-        self.Dropout_0 = nn.Dropout(dropout)
-        self.Conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
         self.has_shortcut = in_ch != out_ch or up or down
         if self.has_shortcut:
             self.Conv_2 = conv1x1(in_ch, out_ch)
@@ -213,10 +172,7 @@ class ResnetBlockBigGANpp(nn.Module):
     def forward(self, x, temb=None):
         h = self._resample(self.act(self.GroupNorm_0(x)))
         x = self._resample(x)
-        h = self.Conv_0(h)
-        if temb is not None:
-            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+        h = residual_branch_tail(self, self.Conv_0(h), temb)
         if self.has_shortcut:
             x = self.Conv_2(x)
         return residual_sum(x, h, self.skip_rescale)

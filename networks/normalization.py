@@ -65,43 +65,50 @@ class InstanceNorm2dPlus(nn.Module):
         return _affine(h, self.gamma, self.beta if self.bias else None)
 
 
-class ConditionalInstanceNorm2dPlus(nn.Module):
+class _PerLevelNorm(nn.Module):
+    """A normalisation whose scales (`n_scales` per channel) and, with `bias`, shift are looked up
+    per noise level y in `embed` [num_classes, (n_scales + bias) C], in that order."""
+
+    def __init__(self, num_features, num_classes, bias, n_scales):
+        super().__init__()
+        self.num_features = num_features
+        self.bias = bool(bias)
+        self.n_parts = n_scales + self.bias
+        self.embed = nn.Embedding(num_classes, self.n_parts * num_features)
+
+    def parts(self, y):
+        """The per-level parameters of labels y [B], each [B, C]."""
+        return self.embed(y).chunk(self.n_parts, dim=-1)
+
+
+class ConditionalInstanceNorm2dPlus(_PerLevelNorm):
     """IN++ whose gamma, alpha, beta are looked up per noise level y: `embed` is
     [num_classes, 3C] laid out (gamma, alpha, beta), or [num_classes, 2C] without bias."""
 
     def __init__(self, num_features, num_classes, bias=True):
-        super().__init__()
-        self.num_features = num_features
-        self.bias = bool(bias)
-        self.embed = nn.Embedding(num_classes, (3 if self.bias else 2) * num_features)
+        super().__init__(num_features, num_classes, bias, n_scales=2)
         with torch.no_grad():
             self.embed.weight[:, :2 * num_features].normal_(1, 0.02)
             self.embed.weight[:, 2 * num_features:].zero_()
 
     def forward(self, x, y):
-        params = self.embed(y).chunk(3 if self.bias else 2, dim=-1)
-        gamma, alpha = params[0], params[1]
-        h = instance_norm_plus(x, alpha)
-        return _affine(h, gamma, params[2] if self.bias else None)
+        gamma, alpha, *beta = self.parts(y)
+        return _affine(instance_norm_plus(x, alpha), gamma, *beta)
 
 
-class ConditionalInstanceNorm2d(nn.Module):
+class ConditionalInstanceNorm2d(_PerLevelNorm):
     """Plain instance norm with gamma (and beta) per noise level: `embed` is [num_classes, 2C]
     (gamma ~ U[0, 1), beta = 0 at init, as in the original) or [num_classes, C]."""
 
     def __init__(self, num_features, num_classes, bias=True):
-        super().__init__()
-        self.num_features = num_features
-        self.bias = bool(bias)
-        self.embed = nn.Embedding(num_classes, (2 if self.bias else 1) * num_features)
+        super().__init__(num_features, num_classes, bias, n_scales=1)
         with torch.no_grad():
             self.embed.weight[:, :num_features].uniform_()
             self.embed.weight[:, num_features:].zero_()
 
     def forward(self, x, y):
-        params = self.embed(y).chunk(2 if self.bias else 1, dim=-1)
-        h = F.instance_norm(x, eps=_EPS)
-        return _affine(h, params[0], params[1] if self.bias else None)
+        gamma, *beta = self.parts(y)
+        return _affine(F.instance_norm(x, eps=_EPS), gamma, *beta)
 
 
 class VarianceNorm2d(nn.Module):
