@@ -6,7 +6,9 @@ fsync'ed and renamed over `path` (`os.replace`, atomic on POSIX), after which th
 fsync'ed so the rename itself survives a power loss. A reader sees the old file or the new one,
 never a half-written one; on an exception the temporary file is removed. A writer killed
 outright (SIGKILL, power loss) can leave its temporary file behind: `remove_stale_temps`
-deletes those whose writer process is gone (it keeps those of live processes).
+deletes those whose writer process is gone (it keeps those of live processes). The random part
+starts with a tag of the writer's host, so on a filesystem shared by several machines a temp
+file of another host (whose pids cannot be checked here) is only removed after a day.
 
 `WorkdirLock(workdir)` holds an OS file lock (`fcntl.flock`, exclusive, non-blocking) on
 `<workdir>/.lock` for as long as a run writes into the workdir. The kernel releases it when the
@@ -27,13 +29,15 @@ import uuid
 
 _TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<rand>[0-9a-f]{8,32})\.tmp")
 _NAME_MAX = 255
+_HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
+FOREIGN_TEMP_AGE = 24 * 3600.0  # seconds before another host's temp file counts as stale
 
 
 def temp_name(path):
     """The temporary file `atomic_write` uses for `path`: `.<name>.<pid>.<random>.tmp` in the
     same directory (a long name is shortened to fit the file-name limit)."""
     folder, name = os.path.split(os.path.abspath(os.fspath(path)))
-    suffix = f".{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    suffix = f".{os.getpid()}.{_HOST_TAG}{uuid.uuid4().hex[:10]}.tmp"
     name = name[:_NAME_MAX - 1 - len(suffix)]
     return os.path.join(folder, f".{name}{suffix}")
 
@@ -173,8 +177,18 @@ def pid_alive(pid):
     return True
 
 
+def _stale(path, pid, rand):
+    if len(rand) != 14 or rand[:4] == _HOST_TAG:  # written on this host (or an older name)
+        return not pid_alive(pid)
+    try:
+        return time.time() - os.path.getmtime(path) > FOREIGN_TEMP_AGE
+    except OSError:
+        return False
+
+
 def stale_temps(directory):
-    """The temporary files of `atomic_write` in `directory` whose writer process is gone."""
+    """The temporary files of `atomic_write` in `directory` whose writer process is gone (for
+    another host's files: untouched for FOREIGN_TEMP_AGE seconds)."""
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
@@ -182,9 +196,9 @@ def stale_temps(directory):
     out = []
     for name in sorted(names):
         m = _TEMP_RE.fullmatch(name)
-        if m and not pid_alive(int(m.group("pid"))):
+        if m:
             path = os.path.join(directory, name)
-            if os.path.isfile(path):
+            if os.path.isfile(path) and _stale(path, int(m.group("pid")), m.group("rand")):
                 out.append(path)
     return out
 

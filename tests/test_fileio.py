@@ -70,14 +70,24 @@ def _dead_pid():
 
 def test_stale_temps_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     dead, live = _dead_pid(), os.getpid()
-    stale = tmp_path / f".checkpoint.pth.{dead}.0123456789ab.tmp"
-    mine = tmp_path / f".checkpoint.pth.{live}.ba9876543210.tmp"
+    mine = Path(temp_name(tmp_path / "checkpoint.pth"))  # a live writer: this process
+    stale = Path(str(mine).replace(f".{live}.", f".{dead}."))
+    old_style = tmp_path / f".checkpoint.pth.{dead}.0123abcd.tmp"  # the earlier writer's names
+    rand = mine.name.split(".")[-2]
+    other_host = "0000" if rand[:4] != "0000" else "ffff"
+    foreign = tmp_path / f".log.jsonl.{dead}.{other_host}{rand[4:]}.tmp"
+    foreign_old = tmp_path / f".x.json.{dead}.{other_host}{rand[4:]}.tmp"
     other = tmp_path / "notes.tmp"  # not the writer's pattern: never touched
-    for p in (stale, mine, other):
+    for p in (stale, mine, old_style, foreign, foreign_old, other):
         p.write_bytes(b"x")
-    assert stale_temps(tmp_path) == [str(stale)]
-    assert remove_stale_temps(tmp_path, tmp_path / "missing") == [str(stale)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(foreign_old, (day_ago, day_ago))
+    # another host's pid means nothing here: its file goes only once it is a day old
+    expect = sorted(str(p) for p in (stale, old_style, foreign_old))
+    assert stale_temps(tmp_path) == expect
+    assert remove_stale_temps(tmp_path, tmp_path / "missing") == expect
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, foreign.name,
+                                                                  other.name])
 
 
 def _hold_lock(workdir):
