@@ -53,6 +53,17 @@ def dsm_loss(score_fn, sde, batch, *, reduce_mean=False, likelihood_weighting=Fa
     return losses.mean() if batch_mean else losses
 
 
+def _discrete_draws(sde, kind, loss, batch, labels, z, generator):
+    """The noise labels i ~ U{0..N-1} and z ~ N(0, I) of a discrete loss (given ones kept), after
+    checking that `sde` is a `kind` (VESDE for SMLD, VPSDE for DDPM)."""
+    if not isinstance(sde, kind):
+        raise TypeError(f"the {loss} loss needs a {kind.__name__}, got {type(sde).__name__}")
+    if labels is None:
+        labels = torch.randint(0, sde.N, (batch.shape[0],), generator=generator,
+                               device=batch.device)
+    return labels, _normal(batch, generator) if z is None else z
+
+
 def smld_sigmas(vesde):
     """The SMLD (NCSN) noise levels in the models' label order: label 0 is the largest sigma."""
     return torch.flip(vesde.discrete_sigmas, dims=(0,))
@@ -65,13 +76,7 @@ def smld_loss(model_fn, vesde, batch, *, reduce_mean=False, labels=None, z=None,
         sigma^2 || model_fn(x + sigma z, i) + z / sigma ||^2,
 
     the network taking the integer noise label (largest noise first)."""
-    if not isinstance(vesde, VESDE):
-        raise TypeError(f"the SMLD loss needs a VESDE, got {type(vesde).__name__}")
-    B = batch.shape[0]
-    if labels is None:
-        labels = torch.randint(0, vesde.N, (B,), generator=generator, device=batch.device)
-    if z is None:
-        z = _normal(batch, generator)
+    labels, z = _discrete_draws(vesde, VESDE, "SMLD", batch, labels, z, generator)
     sigmas = smld_sigmas(vesde).to(batch.device, batch.dtype)[labels]
     sig = expand_to(sigmas, batch)
     score = model_fn(batch + sig * z, labels)
@@ -86,13 +91,7 @@ def ddpm_loss(model_fn, vpsde, batch, *, reduce_mean=True, labels=None, z=None, 
         || model_fn(sqrt(abar_i) x + sqrt(1 - abar_i) z, i) - z ||^2,
 
     the network predicting the noise z (so the score is -output / sqrt(1 - abar_i))."""
-    if not isinstance(vpsde, VPSDE):
-        raise TypeError(f"the DDPM loss needs a VPSDE, got {type(vpsde).__name__}")
-    B = batch.shape[0]
-    if labels is None:
-        labels = torch.randint(0, vpsde.N, (B,), generator=generator, device=batch.device)
-    if z is None:
-        z = _normal(batch, generator)
+    labels, z = _discrete_draws(vpsde, VPSDE, "DDPM", batch, labels, z, generator)
     a = expand_to(vpsde.sqrt_alphas_cumprod.to(batch.device, batch.dtype)[labels], batch)
     s = expand_to(vpsde.sqrt_1m_alphas_cumprod.to(batch.device, batch.dtype)[labels], batch)
     losses = _reduce((model_fn(a * batch + s * z, labels) - z) ** 2, reduce_mean)
