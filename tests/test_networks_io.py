@@ -1,7 +1,6 @@
 """Checkpoint io against an original score_sde_pytorch checkpoint and its reference outputs;
 the EMA rule and the score-function conventions against hand computations."""
 
-import json
 import math
 import os
 from pathlib import Path
@@ -16,19 +15,10 @@ import networks
 from networks import CheckpointError, ExponentialMovingAverage, get_score_fn
 from sde_lib import VESDE, VPSDE, subVPSDE
 
-FIXTURE_DIR = Path(__file__).resolve().parent / "data" / "score_sde_pytorch"
-NAME = "ve_ncsnpp_cifar"
-
-
 @pytest.fixture(scope="module")
-def fixture():
-    d = FIXTURE_DIR
-    entry = json.loads((d / "index.json").read_text())[NAME]
-    config = configs.load_config(entry["config_module"], entry["overrides"])
-    config.device = "cpu"
-    io = torch.load(d / f"{NAME}.io.pt", weights_only=True)
-    return dict(path=str(d / f"{NAME}.pth"), config=config, io=io,
-                continuous=entry["continuous"])
+def fixture(score_sde_ncsnpp):
+    """The original code's NCSN++ checkpoint and outputs (tests/conftest.py)."""
+    return score_sde_ncsnpp
 
 
 def ve_sde(config):

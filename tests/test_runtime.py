@@ -10,9 +10,6 @@ benchmarks/RESULTS.md, "GPU fast path") and set at about twice the measured valu
     differ by 1.0% (rel L2), the distribution errors by < 0.15 of their Monte Carlo std.
 """
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
@@ -25,8 +22,6 @@ from networks import get_score_fn, runtime
 from networks.runtime import RuntimeOptions
 from sde_lib import VESDE, VPSDE, oracle
 
-FIXTURE_DIR = Path(__file__).resolve().parent / "data" / "score_sde_pytorch"
-NAME = "ve_ncsnpp_cifar"
 
 
 def rel_l2(got, want):
@@ -104,16 +99,9 @@ def test_fused_adam_kwargs():
 
 
 @pytest.fixture(scope="module")
-def ve_fixture():
-    d = FIXTURE_DIR
-    entry = json.loads((d / "index.json").read_text())[NAME]
-    config = configs.load_config(entry["config_module"], entry["overrides"])
-    config.device = "cpu"
-    io = torch.load(d / f"{NAME}.io.pt", weights_only=True)
-    m = config.model
-    sde = VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
-    return dict(path=str(d / f"{NAME}.pth"), config=config, io=io, sde=sde,
-                continuous=entry["continuous"])
+def ve_fixture(score_sde_ncsnpp):
+    """The original code's NCSN++ checkpoint and outputs (tests/conftest.py)."""
+    return score_sde_ncsnpp
 
 
 def _fixture_model(fx):

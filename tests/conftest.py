@@ -1,0 +1,26 @@
+"""Fixtures shared by several test files."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import configs
+from sde_lib import get_sde
+
+SCORE_SDE_FIXTURE = Path(__file__).resolve().parent / "data" / "score_sde_pytorch"
+
+
+@pytest.fixture(scope="module")
+def score_sde_ncsnpp():
+    """A small NCSN++ checkpoint saved by the original score_sde_pytorch code (VE, 16x16, nf 16,
+    Fourier embedding) with inputs and the original code's outputs (index.json says how they were
+    made): dict(path, config, io, sde, continuous); config.device is 'cpu'."""
+    name = "ve_ncsnpp_cifar"
+    entry = json.loads((SCORE_SDE_FIXTURE / "index.json").read_text())[name]
+    config = configs.load_config(entry["config_module"], entry["overrides"])
+    config.device = "cpu"
+    io = torch.load(SCORE_SDE_FIXTURE / f"{name}.io.pt", weights_only=True)
+    return dict(path=str(SCORE_SDE_FIXTURE / f"{name}.pth"), config=config, io=io,
+                sde=get_sde(config), continuous=entry["continuous"])
