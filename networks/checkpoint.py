@@ -8,6 +8,10 @@ Both are a dict written by `torch.save`:
                 'model': state dict (no prefix), 'ema': EMA state or None,
                 'optimizer': optimizer state or None, 'step': int, 'extra': plain data}
 
+A `.safetensors` file (or `save_checkpoint(..., format='safetensors')`) holds the toolkit
+checkpoint's weights (model and EMA) with its config, step and extra in the safetensors metadata,
+and no optimizer state (networks/safetensors_io.py); it is read without any pickle.
+
 Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, never
 arbitrary objects. Loading is strict: a checkpoint that does not fit the config is an error
 listing the missing, unexpected and mis-shaped keys, never a partial load. Files are written

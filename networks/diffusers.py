@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from networks.checkpoint import CheckpointError, load_model_state
+from networks.checkpoint import CheckpointError, _listed, load_model_state
 from networks.registry import get_model_class
 from networks.runtime import unwrap_model
 
@@ -647,12 +647,6 @@ def _to_diffusers(t, transform):
     return t.contiguous()
 
 
-def _listed(items, limit=12):
-    items = list(items)
-    return ', '.join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit
-                                       else '')
-
-
 def map_state(model, state, entries, what):
     """The toolkit state dict for `model` from diffusers `state`; a DiffusersError names every
     missing, unknown and mis-shaped weight."""
@@ -676,13 +670,8 @@ def map_state(model, state, entries, what):
                 shapes.append(f"{other} differs from {present[0]}")
         out[key] = t.to(expected[key].dtype)
     unknown = [k for k in state if k not in used]
-    problems = []
-    if missing:
-        problems.append(f"missing weights: {_listed(missing)}")
-    if unknown:
-        problems.append(f"unknown weights: {_listed(unknown)}")
-    if shapes:
-        problems.append(f"mis-shaped weights: {_listed(shapes)}")
+    problems = [f"{kind} weights: {_listed(names)}" for kind, names in
+                (('missing', missing), ('unknown', unknown), ('mis-shaped', shapes)) if names]
     if problems:
         raise DiffusersError(f"{what} does not fit the {type(model).__name__} derived from its "
                              f"config: " + '; '.join(problems))
