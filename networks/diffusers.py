@@ -192,7 +192,8 @@ def _download(repo_id):
     def fail(e):
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         return DiffusersError(
-            f"cannot fetch hub model {repo_id!r} ({type(e).__name__}: {detail}). Offline, it "
+            f"{repo_id!r} is not a local folder, and the hub model of that id cannot be "
+            f"fetched ({type(e).__name__}: {detail}). Offline, it "
             f"must already be in the Hugging Face cache; otherwise download it where there is "
             f"network (`huggingface-cli download {repo_id} --local-dir DIR`) and pass DIR")
 

@@ -215,7 +215,8 @@ def test_hub_id_offline_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(hub.constants, 'HF_HUB_CACHE', str(tmp_path))
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path))
-    with pytest.raises(DiffusersError, match=r"cannot fetch hub model 'google/ddpm-cifar10-32'.*"
+    with pytest.raises(DiffusersError, match=r"'google/ddpm-cifar10-32' is not a local folder, "
+                                             r"and the hub model .* cannot be fetched.*"
                                              r"huggingface-cli download"):
         networks.from_diffusers('google/ddpm-cifar10-32')
 
