@@ -118,6 +118,7 @@ def annealed_langevin(score_fn, sde, shape=None, *, n_steps_each=5, step_lr=6.2e
         x = sde.prior_sampling(tuple(int(s) for s in shape), generator=generator, device=where,
                                dtype=dtype).to(device)
     counted = CountingScore(score_fn, on_nonfinite)
+    counted.step = 0
 
     def level_done(i, t, x):
         counted.step = i + 1

@@ -102,8 +102,9 @@ class CountingScore:
     that each output is finite.
 
     on_nonfinite='raise' (default): an output holding NaN/inf raises NonFiniteError naming the
-    sampler step (`step`, the number of completed steps, kept up to date by `sample` through the
-    sampler's callback), the score evaluation, the time and the samples concerned.
+    sampler step (when the caller keeps `step`, the number of completed steps, up to date, as
+    `sample` does through the sampler's callback), the score evaluation, the time and the
+    samples concerned.
     on_nonfinite='keep': the output is passed on unchanged and the samples are recorded in
     `nonfinite` ({row + row_offset: (step, t)} at their first bad evaluation).
     The check costs one reduction and, on an accelerator, one host synchronisation per
@@ -116,7 +117,7 @@ class CountingScore:
         self.on_nonfinite = on_nonfinite
         self.row_offset = int(row_offset)
         self.nfe = 0
-        self.step = 0
+        self.step = None   # completed sampler steps, where the caller keeps count
         self.nonfinite = {}
 
     def __call__(self, x, t):
@@ -132,14 +133,17 @@ class CountingScore:
             return
         rows = bad.nonzero().flatten()
         when = _describe_times(t, rows)
+        step = None if self.step is None else self.step + 1
+        where = (f"score evaluation {self.nfe}, {when}" if step is None else
+                 f"sampler step {step} (score evaluation {self.nfe}, {when})")
         if self.on_nonfinite == "raise":
             raise NonFiniteError(
-                f"the score function returned NaN/inf at sampler step {self.step + 1} (score "
-                f"evaluation {self.nfe}, {when}) for {rows.numel()} of {out.shape[0]} samples "
-                f"(rows {_rows_text(rows + self.row_offset)}); sampling stopped there. Pass "
-                f"on_nonfinite='keep' to go on and have the bad samples reported instead")
+                f"the score function returned NaN/inf at {where} for {rows.numel()} of "
+                f"{out.shape[0]} samples (rows {_rows_text(rows + self.row_offset)}); sampling "
+                f"stopped there. Pass on_nonfinite='keep' to go on and have the bad samples "
+                f"reported instead")
         for r in rows.tolist():
-            self.nonfinite.setdefault(r + self.row_offset, (self.step + 1, when))
+            self.nonfinite.setdefault(r + self.row_offset, (step, when))
 
 
 def check_finite(name, value, where=None):

@@ -199,6 +199,7 @@ def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffus
         else:
             x = x_init[rows].to(device=device, dtype=dtype)
         counted = CountingScore(score_fn, on_nonfinite, row_offset=rows.start)
+        counted.step = 0
         chunk_kwargs = {k: _with_rows(v, rows) if k == "project" else v
                         for k, v in kwargs.items()}
         x = fn(counted, sde, x, eps=eps, denoise=denoise, generator=generator,

@@ -184,3 +184,17 @@ def test_snr_must_be_finite_and_positive(dist, snr):
         solvers.sample(score, sde, (2, 4), snr=snr)
     with pytest.raises(ValueError, match="snr must be a finite positive number"):
         solvers.pc_sampler(score, sde, torch.zeros(2, 4), snr=snr)
+
+
+def test_encode_and_annealed_langevin_check_their_scores_too(dist):
+    sde = VESDE(N=20)
+    x = torch.zeros(3, 4)
+    with pytest.raises(NonFiniteError, match=r"at score evaluation 1, t = 1e-05 for 1 of 3 "
+                                             r"samples"):      # encode starts at eps
+        solvers.encode(Poisoned(dist.marginal(sde).score, below=0.5), sde, x)
+    with pytest.raises(NonFiniteError, match=r"sampler step 11 \(score evaluation 51, "
+                                             r"t = 0\.47368\d*\) for 1 of 3 samples"):
+        solvers.annealed_langevin(Poisoned(dist.marginal(sde).score), sde, (3, 4))
+    res = solvers.annealed_langevin(Poisoned(dist.marginal(sde).score), sde, (3, 4),
+                                    on_nonfinite="keep", generator=seeded())
+    assert list(res.info["nonfinite"]) == [1] and torch.isfinite(res.samples[[0, 2]]).all()
