@@ -32,16 +32,7 @@ SDES = {"VE (sigma_max 10)": lambda: VESDE(sigma_min=0.01, sigma_max=10.0), "VP"
         "sub-VP": subVPSDE}
 
 
-def smooth_cov(C, H, W, ell=1.5, amp=0.5, nugget=0.05, channel_corr=0.6):
-    ii, jj = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    pos = torch.stack([ii.flatten(), jj.flatten()], 1).double()
-    K = amp * torch.exp(-((pos[:, None] - pos[None]) ** 2).sum(-1) / (2 * ell ** 2))
-    if channel_corr is None:   # unequal correlations: grey and colour differences correlate
-        Cc = torch.tensor([[1.0, 0.8, 0.3], [0.8, 1.0, 0.5], [0.3, 0.5, 1.0]], dtype=torch.float64)
-    else:
-        Cc = channel_corr * torch.ones(C, C, dtype=torch.float64) + (1 - channel_corr) * \
-            torch.eye(C, dtype=torch.float64)
-    return torch.kron(Cc, K) + nugget * torch.eye(C * H * W, dtype=torch.float64)
+smooth_cov = oracle.smooth_image_covariance
 
 
 def exact_posterior(mean, cov, A, y, noise_var):
@@ -69,14 +60,30 @@ def fmt(e):
     return f"{e[0]:.3f} / {e[1]:.3f}"
 
 
-def inpainting_table(n, steps_pc, steps_fast):
+def inpainting_problem():
+    """A 4x4 one-channel Gaussian prior (smooth covariance) and a mask hiding its 2x2 centre:
+    (mean, cov, mask, operator, distribution)."""
     H = W = 4
     mean = torch.linspace(-0.3, 0.3, H * W, dtype=torch.float64)
     cov = smooth_cov(1, H, W)
     mask = torch.ones(1, 1, H, W)
     mask[..., 1:3, 1:3] = 0
-    op = Mask(mask)
-    dist = oracle.gaussian(mean, cov, (1, H, W))
+    return mean, cov, mask, Mask(mask), oracle.gaussian(mean, cov, (1, H, W))
+
+
+def noisy_observation(mean, cov, op, x0, noise_std, n, g):
+    """y = A x0 + noise_std A z (z from `g`), its exact posterior (mean, cov) and y repeated n
+    times as float32."""
+    y = op.forward(x0) + noise_std * op.forward(torch.randn(x0.shape, generator=g,
+                                                              dtype=torch.float64))
+    pm, pc = exact_posterior(mean, cov, operator_matrix(op, x0.shape[1:]), y.flatten(),
+                             noise_std ** 2)
+    return y.float().expand(n, *x0.shape[1:]).contiguous(), pm, pc
+
+
+def inpainting_table(n, steps_pc, steps_fast):
+    mean, cov, mask, op, dist = inpainting_problem()
+    H = W = 4
     x0 = dist.sample(1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y = op.forward(x0).float()
     pm, pc = exact_posterior(mean, cov, operator_matrix(op, (1, H, W)), y.flatten().double(), 0)
@@ -136,22 +143,12 @@ def colorization_table(n, steps_list):
 
 
 def noisy_table(n, steps):
-    H = W = 4
-    mean = torch.linspace(-0.3, 0.3, H * W, dtype=torch.float64)
-    cov = smooth_cov(1, H, W)
-    mask = torch.ones(1, 1, H, W)
-    mask[..., 1:3, 1:3] = 0
-    op = Mask(mask)
-    dist = oracle.gaussian(mean, cov, (1, H, W))
+    mean, cov, mask, op, dist = inpainting_problem()
     g = torch.Generator().manual_seed(13)
     x0 = dist.sample(1, generator=g, dtype=torch.float64)
     out = []
     for noise_std in (0.1, 0.3):
-        y = op.forward(x0) + noise_std * op.forward(torch.randn(x0.shape, generator=g,
-                                                                  dtype=torch.float64))
-        pm, pc = exact_posterior(mean, cov, operator_matrix(op, (1, H, W)), y.flatten(),
-                                 noise_std ** 2)
-        ys = y.float().expand(n, 1, H, W).contiguous()
+        ys, pm, pc = noisy_observation(mean, cov, op, x0, noise_std, n, g)
         sde = VPSDE()
         cells = []
         for method in ("dps", "pigdm", "tmpd"):
@@ -168,20 +165,10 @@ def noisy_table(n, steps):
 
 def dps_steps(n, steps_list, noise_std=0.1):
     """DPS on the noisy inpainting problem as the steps grow (its stiffness for small noise)."""
-    H = W = 4
-    mean = torch.linspace(-0.3, 0.3, H * W, dtype=torch.float64)
-    cov = smooth_cov(1, H, W)
-    mask = torch.ones(1, 1, H, W)
-    mask[..., 1:3, 1:3] = 0
-    op = Mask(mask)
-    dist = oracle.gaussian(mean, cov, (1, H, W))
+    mean, cov, mask, op, dist = inpainting_problem()
     g = torch.Generator().manual_seed(13)
     x0 = dist.sample(1, generator=g, dtype=torch.float64)
-    y = op.forward(x0) + noise_std * op.forward(torch.randn(x0.shape, generator=g,
-                                                              dtype=torch.float64))
-    pm, pc = exact_posterior(mean, cov, operator_matrix(op, (1, H, W)), y.flatten(),
-                             noise_std ** 2)
-    ys = y.float().expand(n, 1, H, W).contiguous()
+    ys, pm, pc = noisy_observation(mean, cov, op, x0, noise_std, n, g)
     for name in ("VP", "VE (sigma_max 10)"):
         sde = SDES[name]()
         cells = []

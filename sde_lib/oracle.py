@@ -211,6 +211,26 @@ def ring_mixture(num_modes=8, radius=4.0, std=0.3, dim=2):
     return GaussianMixture(means, torch.full((num_modes,), std ** 2, dtype=torch.float64))
 
 
+def smooth_image_covariance(C, H, W, ell=1.5, amp=0.5, nugget=0.05, channel_corr=0.6):
+    """An image-like covariance [CHW, CHW] (float64): squared-exponential over the pixel grid,
+    amp exp(-|p - q|^2 / (2 ell^2)), times a channel correlation, plus `nugget` I.
+
+    `channel_corr` is the correlation of every pair of channels, or None for three channels with
+    unequal correlations [[1, .8, .3], [.8, 1, .5], [.3, .5, 1]] (grey and colour differences
+    then correlate, as in natural images)."""
+    ii, jj = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    pos = torch.stack([ii.flatten(), jj.flatten()], 1).double()
+    K = amp * torch.exp(-((pos[:, None] - pos[None]) ** 2).sum(-1) / (2 * ell ** 2))
+    if channel_corr is None:
+        if C != 3:
+            raise ValueError(f"channel_corr=None is the three-channel correlation; got C = {C}")
+        Cc = torch.tensor([[1.0, 0.8, 0.3], [0.8, 1.0, 0.5], [0.3, 0.5, 1.0]], dtype=torch.float64)
+    else:
+        Cc = (channel_corr * torch.ones(C, C, dtype=torch.float64)
+              + (1 - channel_corr) * torch.eye(C, dtype=torch.float64))
+    return torch.kron(Cc, K) + nugget * torch.eye(C * H * W, dtype=torch.float64)
+
+
 def random_covariance(dim, generator=None, min_eig=0.05, max_eig=1.0):
     """A random SPD matrix with eigenvalues spread log-uniformly in [min_eig, max_eig]."""
     q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))

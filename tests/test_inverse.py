@@ -24,17 +24,7 @@ from solvers.operators import (COLOR_BASIS, Blur, Colorization, FunctionOperator
 SDES = {"ve": lambda: VESDE(sigma_min=0.01, sigma_max=10.0), "vp": VPSDE, "subvp": subVPSDE}
 
 
-def smooth_cov(C, H, W, ell=1.5, amp=0.5, nugget=0.05, channel_corr=0.6):
-    """A squared-exponential covariance over the pixel grid (and correlated channels)."""
-    ii, jj = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    pos = torch.stack([ii.flatten(), jj.flatten()], 1).double()
-    K = amp * torch.exp(-((pos[:, None] - pos[None]) ** 2).sum(-1) / (2 * ell ** 2))
-    if channel_corr is None:   # unequal correlations: grey and colour differences correlate
-        Cc = torch.tensor([[1.0, 0.8, 0.3], [0.8, 1.0, 0.5], [0.3, 0.5, 1.0]], dtype=torch.float64)
-    else:
-        Cc = channel_corr * torch.ones(C, C, dtype=torch.float64) + (1 - channel_corr) * \
-            torch.eye(C, dtype=torch.float64)
-    return torch.kron(Cc, K) + nugget * torch.eye(C * H * W, dtype=torch.float64)
+smooth_cov = oracle.smooth_image_covariance
 
 
 def operator_matrix(op, event_shape):

@@ -296,3 +296,19 @@ def test_bad_parameters_are_refused():
         oracle.gaussian_mixture(torch.zeros(2, 3), torch.ones(3, 3))
     with pytest.raises(ValueError, match="weights"):
         oracle.gaussian_mixture(torch.zeros(2, 3), None, [-1.0, 2.0])
+
+
+def test_smooth_image_covariance():
+    """Squared-exponential pixel covariance times the channel correlation, plus the nugget."""
+    cov = oracle.smooth_image_covariance(2, 2, 3, ell=1.5, amp=0.5, nugget=0.05, channel_corr=0.6)
+    assert cov.shape == (12, 12) and cov.dtype == torch.float64
+    assert torch.allclose(cov, cov.T) and torch.linalg.eigvalsh(cov).min() > 0.04
+    # pixels (0, 0) and (1, 2) are at squared distance 5; channels 0 and 1 correlate 0.6
+    assert cov[0, 0].item() == pytest.approx(0.5 + 0.05)
+    assert cov[0, 5].item() == pytest.approx(0.5 * math.exp(-5 / 4.5))
+    assert cov[0, 6 + 5].item() == pytest.approx(0.6 * 0.5 * math.exp(-5 / 4.5))
+    three = oracle.smooth_image_covariance(3, 1, 1, nugget=0.0, channel_corr=None)
+    assert torch.allclose(three / 0.5, torch.tensor([[1, .8, .3], [.8, 1, .5], [.3, .5, 1]],
+                                                    dtype=torch.float64))
+    with pytest.raises(ValueError, match="three-channel"):
+        oracle.smooth_image_covariance(2, 2, 2, channel_corr=None)
