@@ -21,6 +21,9 @@ import ml_collections
 OPTIONAL_FIELDS = {
     'data.path': (str, "folder or .npz file of the 'FOLDER' / 'NPZ' datasets"),
     'data.data_dir': (str, 'folder searched for the dataset files'),
+    'data.download': (bool, 'download CIFAR10 / MNIST when their files are missing (True)'),
+    'model.attn_every_up_block': (bool, 'DDPM: attention after every up-path block, as the '
+                                        'original DDPM and diffusers (False: once per level)'),
     'training.objective': (str, "training objective: 'dsm' (default), 'ssm', 'ssm_vr', 'exact_sm'"),
     'training.ssm_n_particles': (int, 'projections per sample of sliced score matching (1)'),
     'training.ssm_noise_type': (str, "projections of sliced score matching ('rademacher')"),
