@@ -60,6 +60,17 @@ def _check_minimum(loss_of, base, delta, expect_minimum=True):
     return z
 
 
+def _loss_and_input(loss, fn, *args, **kwargs):
+    """loss(fn, *args, **kwargs) and the input x the loss gave the network fn(x, labels)."""
+    seen = {}
+
+    def recording(x, labels):
+        seen["x"] = x
+        return fn(x, labels)
+
+    return loss(recording, *args, **kwargs), seen["x"]
+
+
 class _DSM:
     """Per-sample DSM losses with fixed t and z; records lambda ||delta||^2 of the last call."""
 
@@ -167,14 +178,8 @@ def test_smld_loss_minimised_by_exact_noise_conditional_score():
         return scale * u * torch.tanh(x.sum((1, 2, 3), keepdim=True))
 
     def loss_of(fn):
-        cap = {}
-
-        def wrapped(x, lab):
-            cap["x"] = x
-            return fn(x, lab)
-
-        out = smld_loss(wrapped, sde, x0, labels=labels, z=z, batch_mean=False)
-        loss_of.last_weight_quad = sigmas ** 2 * _reduce(delta(cap["x"], labels) ** 2, False)
+        out, x = _loss_and_input(smld_loss, fn, sde, x0, labels=labels, z=z, batch_mean=False)
+        loss_of.last_weight_quad = sigmas ** 2 * _reduce(delta(x, labels) ** 2, False)
         return out
 
     _check_minimum(loss_of, exact, delta)
@@ -212,14 +217,8 @@ def test_ddpm_loss_minimised_by_exact_noise_prediction():
         return 0.3 * u * torch.tanh(x.sum((1, 2, 3), keepdim=True))
 
     def loss_of(fn):
-        cap = {}
-
-        def wrapped(x, lab):
-            cap["x"] = x
-            return fn(x, lab)
-
-        out = ddpm_loss(wrapped, sde, x0, labels=labels, z=z, batch_mean=False)
-        loss_of.last_weight_quad = _reduce(delta(cap["x"], labels) ** 2, True)
+        out, x = _loss_and_input(ddpm_loss, fn, sde, x0, labels=labels, z=z, batch_mean=False)
+        loss_of.last_weight_quad = _reduce(delta(x, labels) ** 2, True)
         return out
 
     _check_minimum(loss_of, exact, delta)
