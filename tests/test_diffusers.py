@@ -40,7 +40,7 @@ def ncsnpp_unet(seed=0):
     rescaling), attention at one inner resolution and in the middle."""
     return _randomize(UNet2DModel(
         sample_size=16, in_channels=3, out_channels=3, time_embedding_type='fourier',
-        flip_sin_to_cos=True, freq_shift=1, center_input_sample=False,
+        flip_sin_to_cos=True, freq_shift=1, center_input_sample=True,  # data in [0, 1]
         block_out_channels=(32, 64, 128, 128), layers_per_block=2, norm_num_groups=None,
         norm_eps=1e-6, mid_block_scale_factor=math.sqrt(2.0), attention_head_dim=None,
         down_block_types=('SkipDownBlock2D', 'SkipDownBlock2D', 'AttnSkipDownBlock2D',
@@ -83,6 +83,7 @@ def test_ncsnpp_family_score_equals_diffusers(tmp_path):
     assert (sde.sigma_min, sde.sigma_max, sde.N) == (0.02, 90.0, 200)
     assert info.config.model.name == 'ncsnpp' and info.config.model.attn_resolutions == (4,)
     assert info.config.sampling.snr == 0.075
+    assert info.config.data.centered is False  # the net maps [0, 1] to [-1, 1] itself
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 3, 16, 16, generator=g)
