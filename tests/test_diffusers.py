@@ -273,23 +273,26 @@ def test_to_diffusers_round_trip(tmp_path, make):
         assert ka == kb and torch.equal(a, b)
 
 
-def test_to_diffusers_of_a_toolkit_model(tmp_path):
+@pytest.mark.parametrize('name', ['vp/ddpm/cifar10', 've/celebahq_256_ncsnpp_continuous'])
+def test_to_diffusers_of_a_toolkit_model(tmp_path, name):
     """A network trained here (random weights from create_model) shared as diffusers."""
-    config = configs.get_config('vp/ddpm/cifar10')
+    config = configs.get_config(name)
     with config.ignore_type():
-        config.model.nf, config.model.ch_mult = 32, (1, 2)
-        config.model.num_res_blocks, config.data.image_size = 1, 8
+        config.model.nf, config.model.ch_mult = 32, (1, 2, 4)
+        config.model.num_res_blocks, config.data.image_size = 1, 16
         config.model.attn_resolutions = (4,)
-        config.model.attn_every_up_block = True
+        config.model.attn_every_up_block = True  # DDPM only; NCSN++ ignores it
     model = networks.create_model(config, device='cpu').eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     networks.to_diffusers(model, config, tmp_path)
     back = UNet2DModel.from_pretrained(tmp_path).eval()
-    x, steps = torch.randn(2, 3, 8, 8), torch.tensor([5, 600])
+    assert back.config.center_input_sample == (not config.data.centered)
+    x = torch.rand(2, 3, 16, 16)
+    label = torch.tensor([0.3, 20.0]) if config.model.name == 'ncsnpp' else torch.tensor([5, 600])
     with torch.no_grad():
-        assert _rel(back(x, steps).sample, model(x, steps)) < 1e-5
+        assert _rel(back(x, label).sample, model(x, label)) < 1e-5
 
 
 def test_to_diffusers_names_what_it_cannot_represent(tmp_path):
