@@ -594,7 +594,8 @@ def _layer_plan(family, levels, num_res_blocks, attn):
             # output pyramid: GroupNorm + 3x3 conv to the image channels at every level; at the
             # top level they are the network's final conv_norm_out / conv_out
             if i != 0:
-                plan += [(f'up_blocks.{u}.skip_norm', 'plain'), (f'up_blocks.{u}.skip_conv', 'plain'),
+                plan += [(f'up_blocks.{u}.skip_norm', 'plain'),
+                         (f'up_blocks.{u}.skip_conv', 'plain'),
                          (f'up_blocks.{u}.resnet_up', 'resnet')]
             else:
                 plan += [('conv_norm_out', 'plain'), ('conv_out', 'plain')]
@@ -686,7 +687,8 @@ def _convention(family, continuous):
         return ("VE, continuous: the network takes sigma(t) and returns the score "
                 "(its output is divided by sigma inside)")
     if continuous:
-        return "VP, continuous: the network takes 999 t and predicts the noise; score = -net / std(t)"
+        return ("VP, continuous: the network takes 999 t and predicts the noise; "
+                "score = -net / std(t)")
     return ("VP, discrete: the network takes the integer step i = (N - 1) t and predicts the "
             "noise; score = -net / sqrt(1 - alphabar_i)")
 

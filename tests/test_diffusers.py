@@ -171,7 +171,8 @@ def test_missing_unknown_and_misshaped_weights_are_named(tmp_path):
 
     shaped = dict(state, **{'conv_in.weight': torch.zeros(32, 3, 1, 1)})
     save_file(shaped, _weights(tmp_path))
-    with pytest.raises(DiffusersError, match=r"mis-shaped weights: conv_in\.weight \(32, 3, 1, 1\)"):
+    with pytest.raises(DiffusersError,
+                       match=r"mis-shaped weights: conv_in\.weight \(32, 3, 1, 1\)"):
         networks.from_diffusers(tmp_path)
 
 
