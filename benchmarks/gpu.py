@@ -35,7 +35,6 @@ test (`--override` shrinks the config; memory is not reported there).
 import argparse
 import datetime
 import math
-import os
 import platform
 import shlex
 import statistics
@@ -57,6 +56,7 @@ import networks
 from networks import runtime
 from networks.runtime import RuntimeOptions
 from sde_lib import VESDE, VPSDE, get_sde, oracle
+from sde_lib.fileio import write_text
 
 BASELINE = RuntimeOptions()
 ROOT = Path(__file__).resolve().parents[1]
@@ -563,13 +563,6 @@ def header(bench, argv):
             f"{datetime.date.today().isoformat()}.\nCommand: `{command}`")
 
 
-def write_atomic(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -593,7 +586,7 @@ def main(argv=None):
         text += f"\n{precision_table(checks, bench.fast, bench.device)}\n"
     print(text)
     if args.output:
-        write_atomic(args.output, text)
+        write_text(args.output, text)
     return rows
 
 

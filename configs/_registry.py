@@ -123,15 +123,6 @@ def load_config(source, overrides=None):
 
 
 def save_config(config, path):
-    """Write `config_to_json(config)` to `path` atomically (a temporary file, then a rename)."""
-    path = os.fspath(path)
-    text = config_to_json(config)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text + '\n')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Write `config_to_json(config)` to `path` atomically (`sde_lib.fileio.write_text`)."""
+    from sde_lib.fileio import write_text
+    return write_text(os.fspath(path), config_to_json(config) + '\n')

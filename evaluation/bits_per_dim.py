@@ -28,23 +28,24 @@ class RecordsMismatch(ValueError):
     """A records file written for other work (checkpoint, config or settings)."""
 
 
-def checkpoint_identity(path, step=None):
-    """{'sha256': digest of the file's bytes (of every file, for a folder), 'step': step}."""
+def source_identity(path):
+    """What a model source is, independent of its name: a checkpoint file's step and SHA-256
+    (`training.checkpoints.checkpoint_identity`), a folder's digest over all its files (a
+    diffusers model), or a hub id's name."""
+    from training.checkpoints import checkpoint_identity
     path = os.fspath(path)
-    if not os.path.exists(path):  # a hub id: its name is all there is to go by
-        return {"source": path, "step": None if step is None else int(step)}
-    if os.path.isdir(path):
-        h = hashlib.sha256()
-        for root, dirs, files in sorted(os.walk(path)):
-            dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                h.update(os.path.relpath(full, path).encode() + b"\0")
-                h.update(file_digest(full).encode())
-        digest = h.hexdigest()
-    else:
-        digest = file_digest(path)
-    return {"sha256": digest, "step": None if step is None else int(step)}
+    if os.path.isfile(path):
+        return checkpoint_identity(path)
+    if not os.path.isdir(path):  # a hub id: its name is all there is to go by
+        return {"source": path}
+    h = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            h.update(os.path.relpath(full, path).encode() + b"\0")
+            h.update(file_digest(full).encode())
+    return {"sha256": h.hexdigest()}
 
 
 def run_key(**parts):

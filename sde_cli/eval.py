@@ -88,8 +88,7 @@ def run(args):
             report["eval_loss"] = float(np.mean(losses))
         if config.eval.get("enable_bpd", False):
             split = str(config.eval.get("bpd_dataset", "test")).lower()
-            res = bits_per_dim(model, sde, config, args, device, split, eval_dir, path,
-                               step=report["step"])
+            res = bits_per_dim(model, sde, config, args, device, split, eval_dir, path)
             report.update({f"bpd_{k}" if not k.startswith("bpd") else k: v
                            for k, v in res.items()})
         if config.eval.get("enable_sampling", False):

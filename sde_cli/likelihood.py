@@ -35,11 +35,11 @@ def pixel_levels(args, dataset, config):
     return int(levels)
 
 
-def bits_per_dim(model, sde, config, args, device, split, out_dir, source, *, step=None):
+def bits_per_dim(model, sde, config, args, device, split, out_dir, source):
     """Bits/dim of a split (resumable records in `out_dir`) as the flags say; returns the
     summary with the settings and the records path."""
     from configs import config_to_json
-    from evaluation.bits_per_dim import checkpoint_identity, evaluate_split, run_key
+    from evaluation.bits_per_dim import evaluate_split, run_key, source_identity
     from networks import get_score_fn
     from training.data import get_data_scaler, load_dataset
     ds = load_dataset(config, split, data_dir=args.data_dir)
@@ -55,7 +55,7 @@ def bits_per_dim(model, sde, config, args, device, split, out_dir, source, *, st
                 "estimator": args.estimator, "n_probes": args.n_probes, "levels": levels,
                 "data_range": list(data_range), "rtol": args.rtol, "atol": args.atol,
                 "num_images": n}
-    key = run_key(checkpoint=checkpoint_identity(source, step), config=config_to_json(config),
+    key = run_key(checkpoint=source_identity(source), config=config_to_json(config),
                   settings=settings)
     records = args.records or os.path.join(out_dir, f"bpd_{split}_{key}.jsonl")
     num_batches = math.ceil(n / batch)
@@ -71,13 +71,11 @@ def bits_per_dim(model, sde, config, args, device, split, out_dir, source, *, st
 
 
 def run(args):
-    from training.checkpoints import checkpoint_step
     source, config, model, sde, device = load_score_model(args)
     out_dir = _out_dir(args, source)
-    step = None if getattr(args, "diffusers", None) else checkpoint_step(source)
     t0 = time.time()
-    res = bits_per_dim(model, sde, config, args, device, args.split, out_dir, source, step=step)
-    res.update(checkpoint=source, step=step, seconds=time.time() - t0,
+    res = bits_per_dim(model, sde, config, args, device, args.split, out_dir, source)
+    res.update(checkpoint=source, seconds=time.time() - t0,
                sde=str(config.training.sde))
     path = write_json(os.path.splitext(res["records"])[0] + ".json", res)
     print(f"bits/dim on {res['num_images']} {args.split} images: {res['bpd']:.4f} "

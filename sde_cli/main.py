@@ -10,7 +10,7 @@ from sde_cli.options import (add_run_flags, add_sampler_flags, check_sampling, c
                              environment, sampler_overrides)
 from sde_cli.outputs import (add_metrics_flag, draw, free_stem, nearest_neighbour_distance,
                              sample_metrics, sample_stem, write_json, write_samples)
-from sde_cli.train import prepare
+from sde_cli.train import add_dist_flag, prepare
 
 
 def run(args):
@@ -93,6 +93,7 @@ def add_arguments(parser):
     add_run_flags(parser)
     add_sampler_flags(parser)
     add_metrics_flag(parser)
+    add_dist_flag(parser)
 
 
 COMMAND = Command("Train a small score model on the built-in offline default (or --config), "

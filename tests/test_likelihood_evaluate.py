@@ -11,8 +11,7 @@ import pytest
 import torch
 from ml_collections import ConfigDict
 
-from evaluation.bits_per_dim import (RecordsMismatch, checkpoint_identity, evaluate_split,
-                                     run_key)
+from evaluation.bits_per_dim import RecordsMismatch, evaluate_split, run_key, source_identity
 from sde_lib import VPSDE, oracle
 from sde_lib.fileio import WorkdirLock
 from training.data import load_dataset
@@ -82,14 +81,25 @@ def test_records_resume_and_are_keyed(tmp_path, score):
 
 
 def test_the_key_follows_the_checkpoint_contents_not_its_name(tmp_path):
+    import configs
+    from networks import create_model, save_checkpoint
+    config = configs.load_config("builtin/digits_ve", ["model.nf=8", "model.num_scales=50"])
     a = tmp_path / "checkpoint.pth"
-    a.write_bytes(b"weights one")
-    k1 = run_key(checkpoint=checkpoint_identity(a, 400), settings={"eps": 1e-5})
-    a.write_bytes(b"weights two")  # rewritten in place, same name and step
-    k2 = run_key(checkpoint=checkpoint_identity(a, 400), settings={"eps": 1e-5})
+    torch.manual_seed(0)
+    save_checkpoint(a, create_model(config), config, step=400)
+    k1 = run_key(checkpoint=source_identity(a), settings={"eps": 1e-5})
+    torch.manual_seed(1)
+    save_checkpoint(a, create_model(config), config, step=400)  # same name and step
+    k2 = run_key(checkpoint=source_identity(a), settings={"eps": 1e-5})
     assert k1 != k2
-    assert k2 != run_key(checkpoint=checkpoint_identity(a, 400), settings={"eps": 1e-3})
-    assert k2 == run_key(settings={"eps": 1e-5}, checkpoint=checkpoint_identity(a, 400))
+    assert k2 != run_key(checkpoint=source_identity(a), settings={"eps": 1e-3})
+    assert k2 == run_key(settings={"eps": 1e-5}, checkpoint=source_identity(a))
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"one")
+    d1 = source_identity(folder)
+    (folder / "weights.bin").write_bytes(b"two")
+    assert source_identity(folder) != d1
 
 
 def test_bad_sizes_and_nonfinite_numbers_are_errors(tmp_path, score):

@@ -22,6 +22,8 @@ import sys
 import tempfile
 from importlib import metadata
 
+from sde_lib.fileio import write_text
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, 'original_configs.json')
 
@@ -119,10 +121,7 @@ def render(configs, commit):
 def main(source, out_path=DEFAULT_OUT):
     configs, commit = dump_original(source)
     text = render(configs, commit)
-    tmp = f'{out_path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, out_path)
+    write_text(out_path, text)
     print(f'{len(configs)} configs -> {out_path}')
 
 
