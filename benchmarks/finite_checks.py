@@ -7,13 +7,14 @@ share of an evaluation) and on a small score network.
 
 (run as a module from the repository root.)
 
-The checks: every score evaluation in `solvers.sample` (`CountingScore.check`: one isfinite
-reduction over the output and one host read of a boolean), the result of each batch, the
+The checks: every score evaluation in `solvers.sample` (`CountingScore.check`: a sum of the
+output, finite unless it holds NaN/inf, and one host read), the result of each batch, the
 Langevin corrector's finite-sample mean, and the ODE and adaptive solvers' per-sample guards.
-"Off" replaces each by a no-op. Reported: the median time of one score evaluation and of one check of
-its output; then the median wall time of a whole `solvers.sample` call over the repeats, and the
-median of the per-repeat ratio on/off - 1 (on a shared machine this whole-run figure carries a
-few per cent of timing noise either way; the per-evaluation ratio is the robust one).
+"Off" replaces each by a no-op. Reported: the median time of one score evaluation and of one
+check of its output; then the median wall time of a whole `solvers.sample` call over the
+repeats, and the median of the per-repeat ratio on/off - 1 (on a shared machine this whole-run
+figure carries a few per cent of timing noise either way; the per-evaluation ratio is the
+robust one).
 """
 
 import argparse

@@ -92,7 +92,8 @@ def sde_from_description(d):
     d = dict(d)
     name = d.pop("name", None)
     if name not in SDES:
-        raise ValueError(f"unknown SDE {name!r} in the classifier checkpoint; known: {sorted(SDES)}")
+        raise ValueError(f"unknown SDE {name!r} in the classifier checkpoint; known: "
+                         f"{sorted(SDES)}")
     return SDES[name](**d)
 
 
@@ -129,9 +130,9 @@ def load_classifier(path, map_location="cpu"):
         raise FileNotFoundError(f"classifier checkpoint {path!r} does not exist")
     ckpt = _read(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a noise-conditional classifier checkpoint (format "
-                         f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}"
-                         f", expected {FORMAT!r})")
+                         f"{found!r}, expected {FORMAT!r})")
     try:
         cfg = ckpt["config"]
         model = NoiseConditionalClassifier(cfg["event_shape"], cfg["num_classes"],

@@ -61,7 +61,8 @@ def _check_settings(n_steps_each, step_lr):
 
 def _anneal(score_fn, sde, x, *, n_steps_each, step_lr, denoise, generator, project, progress,
             callback):
-    """Algorithm 1 from x (the state before level 1); `project(x, i, t, sigma) -> x` runs before the first step of level i and after every step."""
+    """Algorithm 1 from x (the state before level 1); `project(x, i, t, sigma) -> x` runs
+    before the first step of level i and after every step."""
     times, sigmas = annealed_levels(sde)
     sigma_L = float(sigmas[-1])
     bar = progress_bar(len(times), progress, desc="ald")

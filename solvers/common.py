@@ -184,23 +184,24 @@ def probe_batch(sample_shape, device=None, dtype=torch.float32):
     return torch.stack([torch.zeros_like(ramp), ramp])
 
 
-def probe_score(score_fn, sde, sample_shape, device=None, dtype=torch.float32):
-    """Evaluate score_fn once at t = T on a batch of two different samples of `sample_shape`
-    (zeros, and a ramp over [-1, 1]) and check that the output is a tensor of the input's shape,
-    so that a shape that does not fit the model, or an output of batch 1 that would broadcast,
-    fails before any work. Not counted in any NFE."""
+def probe_score(score_fn, sde, sample_shape, device=None, dtype=torch.float32, *,
+                name="the score function", extra=()):
+    """Evaluate score_fn(x, t, *extra) once at t = T on a batch x of two different samples of
+    `sample_shape` (`probe_batch`) and check that the output is a tensor of x's shape, so that
+    a shape that does not fit the model, or an output of batch 1 that would broadcast, fails
+    before any work. Not counted in any NFE. `name` is the function's name in the errors."""
     sample_shape = tuple(int(s) for s in sample_shape)
     x = probe_batch(sample_shape, device, dtype)
     try:
-        out = score_fn(x, time_vector(sde.T, x))
+        out = score_fn(x, time_vector(sde.T, x), *extra)
     except Exception as e:  # a model that cannot take this shape raises its own error
-        raise ValueError(f"the score function fails on samples of shape {list(sample_shape)} "
-                         f"(probe of shape {list(x.shape)}): {type(e).__name__}: {e}") from e
+        raise ValueError(f"{name} fails on samples of shape {list(sample_shape)} (probe of "
+                         f"shape {list(x.shape)}): {type(e).__name__}: {e}") from e
     if not torch.is_tensor(out) or out.shape != x.shape:
         got = list(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ValueError(f"the score function returns {got} for input of shape {list(x.shape)}: "
-                         f"samples of shape {list(sample_shape)} do not fit the model (the "
-                         f"output must have the input's shape, one row per sample)")
+        raise ValueError(f"{name} returns {got} for input of shape {list(x.shape)}: samples of "
+                         f"shape {list(sample_shape)} do not fit it (the output must have the "
+                         f"input's shape, one row per sample)")
     return x
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from networks.classifier import classifier_logits
-from solvers.common import check_finite, probe_batch, probe_score, time_vector
+from solvers.common import check_finite, probe_score
 from solvers.inverse import linear_inverse, run_chunks
 from solvers.operators import Colorization, Mask, check_mask
 
@@ -124,27 +124,6 @@ def mixture_classifier_grad_fn(dist, sde):
     return _GradFn(log_probs, dist.num_components)
 
 
-def _probe_guidance(classifier_grad_fn, sde, shape, labels, device, dtype):
-    """Evaluate the classifier gradient once at t = T on two different samples (with the first
-    and last label) and check it is a tensor of the samples' shape (so one that broadcasts, or
-    belongs to another shape, fails before any work)."""
-    x = probe_batch(shape[1:], device, dtype)
-    lab = labels[[0, -1]]
-    try:
-        with torch.no_grad():
-            out = classifier_grad_fn(x, time_vector(sde.T, x), lab)
-    except ValueError:
-        raise
-    except Exception as e:
-        raise ValueError(f"the classifier gradient fails on samples of shape {list(shape[1:])} "
-                         f"(probe of shape {list(x.shape)}): {type(e).__name__}: {e}") from e
-    if not torch.is_tensor(out) or out.shape != x.shape:
-        got = list(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ValueError(f"classifier_grad_fn returns {got} for samples of shape "
-                         f"{list(x.shape)}: it must return grad_x log p_t(labels | x), one "
-                         f"row per sample, of the samples' shape")
-
-
 def class_conditional(score_fn, sde, shape, classifier_grad_fn, labels, scale=1.0, *,
                       num_classes=None, batch_size=None, generator=None, device=None,
                       dtype=torch.float32, check_shape=True, **sample_kwargs):
@@ -172,7 +151,9 @@ def class_conditional(score_fn, sde, shape, classifier_grad_fn, labels, scale=1.
         raise ValueError(f"scale must be finite, got {scale!r}")
     if check_shape:
         probe_score(score_fn, sde, shape[1:], device, dtype)
-        _probe_guidance(classifier_grad_fn, sde, shape, labels, device, dtype)
+        probe_score(classifier_grad_fn, sde, shape[1:], device, dtype,
+                    name="classifier_grad_fn (grad_x log p_t(labels | x))",
+                    extra=(labels[[0, -1]],))
 
     def build(sl):
         lab = labels[sl]

@@ -39,7 +39,8 @@ Methods of `linear_inverse(score_fn, sde, y, operator, noise_std=..., method=...
 Starting point (`init`): 'marginal' (default) draws the unknown part from the prior and puts the
 known part at its marginal at T, A^+ (alpha_T y + sigma_T A z), so every component starts at the
 noise level of T; 'original' keeps the known part clean at T as the original code did (which
-starts the known part off its marginal at T); 'prior' is a plain prior draw (the guidance methods' start).
+starts the known part off its marginal at T); 'prior' is a plain prior draw (the guidance
+methods' start).
 """
 
 import math
