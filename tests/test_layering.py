@@ -44,6 +44,13 @@ def _is_package(name):
     return MODULES[name].name == "__init__.py"
 
 
+def _project_module(name):
+    """The most specific project module a dotted name lies in (`a.b.attr` -> `a.b`), or None."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
 def _resolve(module, node):
     """The project modules one import statement names (the most specific module each)."""
     if isinstance(node, ast.Import):
@@ -57,23 +64,30 @@ def _resolve(module, node):
         # `from pkg import sub` names the submodule when there is one, else pkg itself
         names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base
                  for a in node.names]
-    out = set()
-    for name in names:
-        while name and name not in MODULES:  # `import a.b.c` of a non-module: its module
-            name = name.rpartition(".")[0]
-        if name:
-            out.add(name)
-    return out
+    return {_project_module(name) for name in names} - {None}
+
+
+def _dynamic_import(node):
+    """The module of a call `importlib.import_module('literal.name')`, else None (a computed name
+    cannot be read without running the code)."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if name != "import_module" or not node.args:
+        return None
+    arg = node.args[0]
+    return arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None
 
 
 def imports_of(module):
     """[(imported module, line)] of every import anywhere in `module` (ast.walk: functions and
-    classes too)."""
+    classes too), `importlib.import_module` of a literal name included."""
     tree = ast.parse(MODULES[module].read_text(), str(MODULES[module]))
     out = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             out += [(target, node.lineno) for target in sorted(_resolve(module, node))]
+        elif isinstance(node, ast.Call) and _project_module(_dynamic_import(node)):
+            out.append((_project_module(_dynamic_import(node)), node.lineno))
     return out
 
 
@@ -134,7 +148,8 @@ def _cycle_report(component, edges, lines):
             break
         path.append(node)
         seen.add(node)
-    return " -> ".join(f"{a} ({lines[a, b]})" for a, b in zip(path, path[1:])) + f" -> {path[-1]}"
+    loop = " -> ".join(f"{a} ({lines[a, b]})" for a, b in zip(path, path[1:]))
+    return f"{', '.join(component)} import each other, e.g. {loop} -> {path[-1]}"
 
 
 def test_the_scan_sees_every_package_and_known_imports():
@@ -151,6 +166,8 @@ def test_the_scan_sees_every_package_and_known_imports():
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             found |= _resolve("networks.ddpm", node)
     assert found == {"networks.layers", "networks.utils", "networks.ema", "sde_lib.sdes"}
+    call = ast.parse("importlib.import_module('training.data')").body[0].value
+    assert _dynamic_import(call) == "training.data"
 
 
 def test_no_module_imports_a_higher_layer():
