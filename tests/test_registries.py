@@ -18,8 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_name_lookup_uses_the_one_registry_class():
+    from sde_cli.app import COMMANDS
+
     for reg in [model_registry.MODELS, objectives.OBJECTIVES, solvers.SAMPLERS,
-                solvers.PREDICTORS, solvers.CORRECTORS, solvers.GRIDS]:
+                solvers.PREDICTORS, solvers.CORRECTORS, solvers.GRIDS, COMMANDS]:
         assert type(reg) is Registry, reg
 
 
