@@ -18,6 +18,9 @@ import os
 import re
 import warnings
 
+from networks import CheckpointError, load_checkpoint, load_state, read_checkpoint, save_checkpoint
+from sde_lib.fileio import file_digest, write_json
+
 PERIODIC_DIR = "checkpoints"
 META_DIR = "checkpoints-meta"
 
@@ -55,7 +58,6 @@ def sidecar_path(path):
 
 def write_sidecar(path, step):
     """Record the step and content digest of checkpoint `path` next to it (atomically)."""
-    from sde_lib.fileio import file_digest, write_json
     st = os.stat(path)
     record = {"step": int(step), "sha256": file_digest(path), "size": st.st_size,
               "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
@@ -95,7 +97,6 @@ def _read_meta(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip file (legacy format) or unreadable: read it the careful way,
-        from networks import read_checkpoint  # which raises a CheckpointError naming the file
         return read_checkpoint(path)
 
 
@@ -105,12 +106,10 @@ def checkpoint_identity(path):
     record = read_sidecar(path)
     if record is not None:
         return {"step": record["step"], "sha256": record["sha256"]}
-    from sde_lib.fileio import file_digest
     return {"step": int(_read_meta(path).get("step", 0)), "sha256": file_digest(path)}
 
 
 def _readable_step(path, warn):
-    from networks import CheckpointError
     try:
         return checkpoint_step(path)
     except (CheckpointError, OSError) as e:
@@ -144,7 +143,6 @@ def latest_checkpoint(workdir, warn=None):
 def save_training_state(path, model, config, ema, optimizer, step, extra=None):
     """Write the full training state to `path` (atomically) and its sidecar; `extra` holds the
     data order ('data_order') and, with fp16, the gradient scaler ('grad_scaler')."""
-    from networks import save_checkpoint
     save_checkpoint(path, model, config, ema=ema, optimizer=optimizer, step=int(step), extra=extra)
     write_sidecar(path, step)
     return path
@@ -154,12 +152,10 @@ def restore_training_state(path, model, ema, optimizer, map_location="cpu"):
     """Load the state written by `save_training_state` (or an original score_sde_pytorch
     checkpoint) into `model`, `ema` and `optimizer`, strictly (`networks.load_state`).
     Returns (step, extra)."""
-    from networks import load_state
     return load_state(path, model, ema=ema, optimizer=optimizer, map_location=map_location)
 
 
 def load_for_sampling(path, config, device="cpu"):
     """The EMA model of a checkpoint, in eval mode, on `device`."""
-    from networks import load_checkpoint
     model = load_checkpoint(path, config, ema=True, map_location="cpu")
     return model.to(device).eval()

@@ -5,6 +5,8 @@ import math
 import os
 import time
 
+from sde_lib.fileio import write_text
+
 
 def _plain(v):
     if hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1:
@@ -93,6 +95,5 @@ def truncate_log(path, step):
                 continue
             keep.append(line if line.endswith("\n") else line + "\n")
     if dropped or not whole:
-        from sde_lib.fileio import write_text
         write_text(path, "".join(keep))
     return dropped

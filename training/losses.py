@@ -12,7 +12,11 @@ sum (the original's two conventions); the result is then averaged over the batch
 
 import torch
 
+from networks import get_score_fn, network_fn
+from networks.runtime import RuntimeOptions
 from sde_lib.sdes import VESDE, VPSDE, expand_to, subVPSDE
+from training import objectives
+from training.objectives import objective_from_config
 
 
 def _reduce(sq, reduce_mean):
@@ -119,7 +123,6 @@ def dsm_objective(score_fn, x, t_or_labels, *, sde=None, sigmas=None, reduce_mea
 
 
 def _register_dsm():
-    from training import objectives
     if "dsm" not in objectives.objective_names():
         objectives.register_objective("dsm", dsm_objective)
 
@@ -156,11 +159,9 @@ class TrainingLoss:
         self.network_options = dict(network_options or {})
 
     def score_fn(self, model):
-        from networks import get_score_fn
         return get_score_fn(self.sde, model, continuous=True, **self.network_options)
 
     def model_fn(self, model):
-        from networks import network_fn
         return network_fn(model, **self.network_options) if self.network_options else model
 
     def draw(self, shape, generator=None, device=None, dtype=torch.float32):
@@ -215,9 +216,7 @@ def get_loss_fn(config, sde):
                          f"VE (SMLD) and VP (DDPM) only, not {type(sde).__name__}")
     objective = None
     if str(tr.get("objective", "dsm")).lower() != "dsm":
-        from training.objectives import objective_from_config
         objective = objective_from_config(config)
-    from networks.runtime import RuntimeOptions
     options = RuntimeOptions.from_config(config).score_options()
     if options == {"precision": "fp32", "channels_last": False}:
         options = None

@@ -2,11 +2,15 @@
 
 import torch
 
+import solvers
+from networks import get_score_fn
+from networks.runtime import RuntimeOptions
+from training.data import get_data_inverse_scaler
+
 
 def _accepts(sampler, name):
     """Whether the solvers sampler `sampler` takes the keyword `name`."""
     import inspect
-    import solvers
     params = inspect.signature(solvers.SAMPLERS.get(sampler)).parameters
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
@@ -38,10 +42,6 @@ def draw_samples(model, sde, config, n, *, generator=None, device=None, continuo
                  progress=False, **overrides):
     """n samples of `model` under `sde` with the sampler of `config.sampling` (and
     `overrides`), mapped to [0, 1] by the data inverse scaler. Returns (images, nfe, options)."""
-    import solvers
-    from networks import get_score_fn
-    from networks.runtime import RuntimeOptions
-    from training.data import get_data_inverse_scaler
 
     if continuous is None:
         continuous = bool(config.training.get("continuous", True))

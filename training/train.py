@@ -33,16 +33,21 @@ import time
 
 import torch
 
+from networks import ExponentialMovingAverage, create_model, fused_adam_kwargs
+from networks.runtime import RuntimeOptions, fast_math, prepare_model
+from sde_lib import get_sde
 from sde_lib.fileio import WorkdirLock, WorkdirLockedError, remove_stale_temps
 from training.checkpoints import (PERIODIC_DIR, latest_checkpoint, meta_path, periodic_path,
                                   restore_training_state, save_training_state)
 from training.data import load_dataset
 from training.distributed import (StopSignals, all_reduce_mean, any_process, barrier, collective,
                                   init_distributed)
+from training.images import save_grid, save_npz, to_uint8
 from training.logs import RunLogger, read_log
 from training.losses import get_loss_fn
 from training.optim import get_optimizer, optimize_step
 from training.pipeline import BatchOrder, augment, get_images, mix_seed, shard_slice
+from training.sampling import draw_samples
 
 # Stream keys for mix_seed: one independent random stream per purpose.
 _STEP, _DROPOUT, _EVAL, _SNAPSHOT = 1, 2, 3, 4
@@ -75,7 +80,6 @@ def _every(step, freq):
 def build_state(config, device):
     """Model (seeded by config.seed, identical on every process), EMA and optimizer (fused
     Adam on CUDA)."""
-    from networks import ExponentialMovingAverage, create_model, fused_adam_kwargs
     torch.manual_seed(int(config.seed))
     model = create_model(config, device=device)
     ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
@@ -88,7 +92,6 @@ def wrap_for_training(model, options, info):
     DistributedDataParallel when several processes run, torch.compile'd if asked
     (`config.runtime`, networks.RuntimeOptions). `model` itself stays the unwrapped network
     that the EMA and the checkpoints use."""
-    from networks.runtime import prepare_model
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
     net = model
@@ -132,8 +135,6 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
 
 
 def _train(config, workdir, info, data_dir, progress, stop_after, log):
-    from networks.runtime import RuntimeOptions, fast_math
-    from sde_lib import get_sde
 
     device = info.device
     tr = config.training
@@ -361,8 +362,6 @@ class ema_weights:
 
 def snapshot_samples(model, ema, sde, config, workdir, step, device, seed):
     """Sample with the EMA weights; write samples/iter_<step>/sample.png and sample.npz."""
-    from training.images import save_grid, save_npz, to_uint8
-    from training.sampling import draw_samples
     n = int(config.training.get("snapshot_samples", min(int(config.training.batch_size), 64)))
     g = _generator(device, seed)
     with ema_weights(model, ema):
