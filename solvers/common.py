@@ -10,6 +10,11 @@ from sde_lib import VESDE, expand_to
 from sde_lib.sdes import BetaSchedule
 
 
+def describe(v):
+    """A tensor's shape (as a tuple), or the type name of anything else: for error messages."""
+    return tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
+
+
 def randn(shape, generator=None, device=None, dtype=torch.float32):
     """Standard normal noise drawn from `generator` on the generator's own device, then moved
     to `device`: a CPU generator gives the same numbers whatever device the sampler runs on."""
