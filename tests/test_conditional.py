@@ -273,7 +273,7 @@ def test_unreadable_classifier_files_are_not_a_classifier_checkpoint(tmp_path):
             return (open, (str(marker), "w"))
 
     with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"format": "noise_conditional_classifier/1", "x": Evil()}, f)
+        pickle.dump({"format": "noise_conditional_classifier/1", "x": Evil()}, f, protocol=2)
     torch.save({"format": "noise_conditional_classifier/1", "x": Evil()}, tmp_path / "evil2.pt")
     for name in ("random.pt", "evil.pt", "evil2.pt"):
         with pytest.raises(ValueError, match="not a noise-conditional classifier checkpoint") as e:
