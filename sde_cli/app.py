@@ -101,11 +101,13 @@ def run(name, argv, prog=None):
 
 
 def _message(e):
+    """One line: the error's text with its lines joined; the type too for unexpected kinds."""
     text = str(e).strip() or type(e).__name__
     if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
         text = e.args[0]
+    text = "; ".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
     if isinstance(e, (CLIError, OSError, ValueError, KeyError)):
-        return text.splitlines()[0] if len(text) > 2000 else text
+        return text
     return f"{type(e).__name__}: {text} (--debug shows the traceback)"
 
 

@@ -366,3 +366,29 @@ def test_main_job_for_the_other_sdes(sde, tmp_path):
     summary = json.loads((tmp_path / "samples_pc_25steps_seed42.json").read_text())
     assert summary["sde"] == {"vp": "vpsde", "subvp": "subvpsde"}[sde]
     assert (tmp_path / "samples_pc_25steps_seed42.png").is_file()
+
+
+def test_sample_and_likelihood_from_a_diffusers_pipeline_folder(tmp_path, capsys):
+    """`--diffusers DIR`: a diffusers DDPM pipeline folder (unet/ + scheduler/) sampled by the
+    toolkit's samplers; bits/dim of a dataset that is not there is one clear error."""
+    from diffusers import DDPMScheduler, UNet2DModel
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 32),
+                       layers_per_block=1, norm_num_groups=32, norm_eps=1e-6,
+                       attention_head_dim=None, flip_sin_to_cos=False, freq_shift=1,
+                       downsample_padding=0, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(tmp_path / "pipe" / "unet")
+    DDPMScheduler(num_train_timesteps=100, beta_start=1e-3, beta_end=0.05).save_pretrained(
+        tmp_path / "pipe" / "scheduler")
+    out = tmp_path / "out"
+    assert cli(["sample", "--diffusers", str(tmp_path / "pipe"), "-n", "3", "--sampler",
+                "dpm_solver++", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+    info = json.loads((out / "samples_dpm_solverpp_3steps_seed42.json").read_text())
+    assert info["checkpoint"] == str(tmp_path / "pipe") and info["sde"] == "vpsde"
+    with np.load(out / "samples_dpm_solverpp_3steps_seed42.npz") as z:
+        assert z["samples"].shape == (3, 8, 8, 1)
+    assert cli(["likelihood", "--diffusers", str(tmp_path / "pipe"), "--data-dir",
+                str(tmp_path / "nodata"), "--config.data.download=False", "--out", str(out),
+                "--no-progress"]) == 1
+    assert "cannot find" in only_error_line(capsys.readouterr().err)

@@ -83,7 +83,7 @@ def _missing(name, files, places, how):
     places = "\n".join(f"  - {p}" for p in places)
     raise DatasetNotFoundError(
         f"{name}: cannot find {', '.join(files)}.\nLooked in:\n{places}\n{how}\n"
-        f"Pass --data_dir, set config.data.path, or set ${DATA_ENV} to the folder holding them.")
+        f"Pass --data-dir, set config.data.path, or set ${DATA_ENV} to the folder holding them.")
 
 
 def _candidate_dirs(config, data_dir, name, subdirs=()):
