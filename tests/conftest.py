@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import configs
-from sde_lib import get_sde
+from sde_lib import get_sde, oracle
 
 SCORE_SDE_FIXTURE = Path(__file__).resolve().parent / "data" / "score_sde_pytorch"
 
@@ -24,3 +24,11 @@ def score_sde_ncsnpp():
     io = torch.load(SCORE_SDE_FIXTURE / f"{name}.io.pt", weights_only=True)
     return dict(path=str(SCORE_SDE_FIXTURE / f"{name}.pth"), config=config, io=io,
                 sde=get_sde(config), continuous=entry["continuous"])
+
+
+@pytest.fixture(scope="module")
+def dist():
+    """A two-component Gaussian mixture in 4-D (float64), exact score under every SDE."""
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(2, 4, generator=g, dtype=torch.float64) * 2
+    return oracle.gaussian_mixture(means, torch.tensor([0.3, 0.5], dtype=torch.float64))

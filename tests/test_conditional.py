@@ -22,6 +22,8 @@ from solvers.conditional import (check_labels, class_conditional, classifier_gra
                                  mixture_classifier_grad_fn)
 from training.classifier import classifier_accuracy, train_classifier
 
+from cases import pc_cases
+
 SDES = {"ve": lambda: VESDE(sigma_min=0.01, sigma_max=10.0), "vp": VPSDE, "subvp": subVPSDE}
 # MNIST is not in the repository: tests that need its test split look where training.data does
 # ($SCORE_SDE_DATA/mnist, else ./data/mnist) and skip without it.
@@ -35,10 +37,7 @@ def in_class(samples, label):
     return (MIXTURE.component_log_probs(samples).argmax(1) == label).float().mean().item()
 
 
-@pytest.mark.parametrize("sde_name,options", [
-    ("ve", dict(predictor="reverse_diffusion", corrector="langevin", steps=200)),
-    ("vp", dict(predictor="ancestral_sampling", corrector="none", steps=200)),
-    ("subvp", dict(predictor="euler_maruyama", corrector="langevin", steps=200)),
+@pytest.mark.parametrize("sde_name,options", pc_cases(200) + [
     ("vp", dict(sampler="dpm_solver++", steps=20)),
     ("ve", dict(sampler="heun", steps=18)),
 ])

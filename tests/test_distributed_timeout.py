@@ -54,18 +54,27 @@ def _stop_all(procs):
         p.wait()
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
-def test_a_stalled_rank_ends_the_other_after_the_timeout():
-    procs = _start_pair(timeout=3)
+def _stall_rank_1(timeout, then=None):
+    """Start a pair, SIGSTOP rank 1, optionally `then(rank 0)`; wait for rank 0 to end.
+    Returns (rank 0's return code, its stderr, seconds it took after the stall/`then`)."""
+    procs = _start_pair(timeout=timeout)
     try:
         time.sleep(0.3)  # both are exchanging flags
         procs[1].send_signal(signal.SIGSTOP)
+        if then is not None:
+            time.sleep(0.5)  # rank 0 now waits inside the all-reduce
+            then(procs[0])
         t0 = time.monotonic()
         _, err = procs[0].communicate(timeout=60)
-        waited = time.monotonic() - t0
+        return procs[0].returncode, err, time.monotonic() - t0
     finally:
         _stop_all(procs)
-    assert procs[0].returncode != 0
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_a_stalled_rank_ends_the_other_after_the_timeout():
+    code, err, waited = _stall_rank_1(timeout=3)
+    assert code != 0
     assert "DistributedTimeoutError" in err and "rank 0 of 2" in err, err[-3000:]
     assert "another rank stalled, died or lost its connection" in err
     assert "collective timeout 3 s" in err
@@ -74,18 +83,9 @@ def test_a_stalled_rank_ends_the_other_after_the_timeout():
 
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
 def test_sigterm_while_waiting_for_a_stalled_rank_is_not_ignored():
-    procs = _start_pair(timeout=600)
-    try:
-        time.sleep(0.3)
-        procs[1].send_signal(signal.SIGSTOP)
-        time.sleep(0.5)  # rank 0 now waits inside the all-reduce
-        procs[0].send_signal(signal.SIGTERM)
-        t0 = time.monotonic()
-        _, err = procs[0].communicate(timeout=60)
-        waited = time.monotonic() - t0
-    finally:
-        _stop_all(procs)
-    assert procs[0].returncode == 128 + signal.SIGTERM, err[-3000:]
+    code, err, waited = _stall_rank_1(timeout=600,
+                                      then=lambda p: p.send_signal(signal.SIGTERM))
+    assert code == 128 + signal.SIGTERM, err[-3000:]
     assert "rank 0: SIGTERM received while waiting" in err and "all-reduce" in err
     assert waited < 30  # the 1 s grace, not the 600 s timeout
 

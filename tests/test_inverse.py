@@ -21,6 +21,8 @@ from solvers.inverse import linear_inverse
 from solvers.operators import (COLOR_BASIS, Blur, Colorization, FunctionOperator, LinearOperator,
                                Mask, MatrixOperator, SuperResolution, couple, decouple)
 
+from cases import pc_cases
+
 SDES = {"ve": lambda: VESDE(sigma_min=0.01, sigma_max=10.0), "vp": VPSDE, "subvp": subVPSDE}
 
 
@@ -130,10 +132,7 @@ CENTER = torch.ones(1, 1, H, W)
 CENTER[..., 1:3, 1:3] = 0
 
 
-@pytest.mark.parametrize("sde_name,options", [
-    ("ve", dict(predictor="reverse_diffusion", corrector="langevin", steps=100)),
-    ("vp", dict(predictor="ancestral_sampling", corrector="none", steps=100)),
-    ("subvp", dict(predictor="euler_maruyama", corrector="langevin", steps=100)),
+@pytest.mark.parametrize("sde_name,options", pc_cases(100) + [
     ("ve", dict(sampler="dpm_solver++", steps=20)),
     ("vp", dict(sampler="heun", steps=15)),
     ("subvp", dict(sampler="ode", rtol=1e-4, atol=1e-4)),

@@ -12,13 +12,6 @@ from solvers.common import time_vector
 SDES = [VESDE, VPSDE, subVPSDE]
 
 
-@pytest.fixture(scope="module")
-def dist():
-    g = torch.Generator().manual_seed(0)
-    means = torch.randn(2, 4, generator=g, dtype=torch.float64) * 2
-    return oracle.gaussian_mixture(means, torch.tensor([0.3, 0.5], dtype=torch.float64))
-
-
 class Counter:
     """A score function that counts its calls and the batch sizes it saw."""
 

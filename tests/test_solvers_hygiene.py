@@ -11,20 +11,13 @@ import pytest
 import torch
 
 import solvers
-from sde_lib import VESDE, VPSDE, oracle, subVPSDE
+from sde_lib import VESDE, VPSDE, subVPSDE
 from solvers.common import NonFiniteError
 from solvers.correctors import langevin
 
 BUILTIN = ["pc", "ode", "heun", "dpm_solver++", "adaptive"]
 # every registered sampler (the fast ones added later included) is covered by the same check
 ALL_SAMPLERS = sorted(set(BUILTIN) | set(solvers.list_samplers()))
-
-
-@pytest.fixture(scope="module")
-def dist():
-    g = torch.Generator().manual_seed(0)
-    means = torch.randn(2, 4, generator=g, dtype=torch.float64) * 2
-    return oracle.gaussian_mixture(means, torch.tensor([0.3, 0.5], dtype=torch.float64))
 
 
 class Poisoned:
