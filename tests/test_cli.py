@@ -3,6 +3,7 @@ shrunk by --quick, sample, eval, likelihood, and the checks and errors before an
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -392,3 +393,26 @@ def test_sample_and_likelihood_from_a_diffusers_pipeline_folder(tmp_path, capsys
                 str(tmp_path / "nodata"), "--config.data.download=False", "--out", str(out),
                 "--no-progress"]) == 1
     assert "cannot find" in only_error_line(capsys.readouterr().err)
+
+
+def test_eval_bits_per_dim_follow_a_rewritten_checkpoint(tmp_path, capsys):
+    """checkpoint_1.pth rewritten with another run's weights (other seed): `eval`
+    computes its bits/dim anew instead of reusing the records of the old file's weights."""
+    workdir = tmp_path / "w"
+    base = ["--config", "builtin/digits_vp", "--workdir", str(workdir), *TINY,
+            "--config.training.batch_size=8", "--config.training.snapshot_freq=10",
+            "--config.training.eval_freq=0", "--config.training.n_iters=10"]
+    evaluate = ["eval", "--workdir", str(workdir), "--num-images", "2", "--batch", "2",
+                "--rtol", "1e-2", "--atol", "1e-2", "--config.eval.enable_bpd=True",
+                "--no-progress"]
+    report = workdir / "eval" / "report_ckpt_1.json"
+    assert cli(["train", *base]) == 0 and cli(evaluate) == 0
+    first = json.loads(report.read_text())["bpd"]
+    other = tmp_path / "other"
+    assert cli(["train", *base, "--workdir", str(other), "--seed", "7"]) == 0
+    shutil.copyfile(other / "checkpoints" / "checkpoint_1.pth",
+                    workdir / "checkpoints" / "checkpoint_1.pth")  # same name, other weights
+    assert cli(evaluate) == 0
+    second = json.loads(report.read_text())["bpd"]
+    assert second != first
+    assert len(list((workdir / "eval").glob("bpd_test_*.jsonl"))) == 2
