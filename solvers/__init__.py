@@ -10,7 +10,7 @@ ODE, and fast samplers (EDM Heun, DPM-Solver++, an adaptive SDE solver).
 Predictors, correctors, samplers and time grids live in name registries
 (`register_predictor`, `register_corrector`, `register_sampler`, `register_grid`).
 Modules: predictors, correctors, pc, ode, fast (heun, dpm_solver++), unipc, adaptive, grids,
-sampling.
+fitted_grid (fit_grid: a time grid fitted to a model), sampling.
 """
 
 from solvers.adaptive import adaptive
@@ -20,6 +20,7 @@ from solvers.common import (CountingScore, NonFiniteError, coefficients, denoise
 from solvers.correctors import CORRECTORS, get_corrector, register_corrector
 from solvers.fast import dpm_solver_pp, heun
 from solvers.unipc import unipc
+from solvers.fitted_grid import GridFit, fit_grid
 from solvers.grids import GRIDS, get_grid, register_grid
 from solvers.ode import decode, encode, integrate, ode_sampler, probability_flow_drift
 from solvers.pc import pc_sampler
@@ -59,4 +60,4 @@ __all__ = ["annealed_inpaint", "annealed_langevin", "annealed_levels", "from_adv
            "get_predictor", "heun", "inpaint", "integrate", "linear_inverse", "list_correctors",
            "list_predictors", "list_samplers", "ode_sampler", "pc_sampler",
            "probability_flow_drift", "register_corrector", "register_grid", "register_predictor",
-           "register_sampler", "sample", "unipc", "with_steps"]
+           "register_sampler", "sample", "unipc", "with_steps", "GridFit", "fit_grid"]

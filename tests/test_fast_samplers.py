@@ -15,6 +15,7 @@ import torch
 import solvers
 from sde_lib import VESDE, VPSDE, oracle, subVPSDE
 from solvers.common import coefficients
+from solvers.fitted_grid import fit_grid
 from solvers.unipc import gaussian_denoiser, unipc_coefficients
 
 SDES = [VESDE, VPSDE, subVPSDE]
@@ -213,6 +214,35 @@ def test_grid_options_need_a_named_grid(gaussian8):
         solvers.sample(score, sde, (4, D), sampler="heun", grid=torch.tensor([1.0, 0.1]), rho=3)
 
 
+@pytest.mark.parametrize("sde_cls", SDES)
+def test_fitted_grid_beats_the_named_grids_on_held_out_draws(sde_cls):
+    """A 5-step UniPC grid fitted on 64 prior draws of a 4-mode ring brings the sampler closer
+    to the accurately solved ODE on 256 other draws than any named grid: measured mean
+    distances (VE / VP / sub-VP) 0.17 / 0.09 / 0.09 against the best named grid's
+    0.79 / 0.36 / 1.74; asserted: less than half."""
+    sde = sde_cls()
+    score = oracle.ring_mixture(num_modes=4, radius=3.0, std=0.2).marginal(sde).score
+    x_fit, x_test = (sde.prior_sampling((n, 2), generator=torch.Generator().manual_seed(s),
+                                        dtype=torch.float64) for n, s in ((64, 0), (256, 1)))
+    fit = fit_grid(score, sde, x_fit, 5, maxfev=80)
+    t = fit.grid
+    assert t.shape == (6,) and t[0] == sde.T and t[-1] == sde.sampling_eps
+    assert bool((t[1:] < t[:-1]).all())
+    assert fit.loss <= fit.init_loss and fit.evaluations > 0
+    teacher = solvers.sample(score, sde, x_init=x_test, sampler="unipc", steps=200).samples
+
+    def distance(**kw):
+        x = solvers.sample(score, sde, x_init=x_test, sampler="unipc", **kw).samples
+        return float((x - teacher).norm(dim=1).mean())
+
+    named = min(distance(steps=5, grid=g) for g in ("logsnr", "karras", "karras_t"))
+    assert distance(grid=t) < 0.5 * named
+    with pytest.raises(ValueError, match="steps"):
+        fit_grid(score, sde, x_fit, 0)
+    with pytest.raises(ValueError, match="prior draws"):
+        fit_grid(score, sde, x_fit[0], 3)
+
+
 # ----------------------------------------------------------------------------- churn
 
 @pytest.mark.parametrize("sde_cls", SDES)
@@ -227,8 +257,8 @@ def test_churn_is_reproducible_and_statistically_right(sde_cls, gaussian8):
     score = dist.marginal(sde).score
     churn = dict(sampler="heun", steps=96, S_churn=40.0, S_tmin=0.05, S_tmax=50.0)
 
-    def run(seed, **kw):
-        return solvers.sample(score, sde, (4000, D), generator=torch.Generator().manual_seed(seed),
+    def run(seed, n=4000, **kw):
+        return solvers.sample(score, sde, (n, D), generator=torch.Generator().manual_seed(seed),
                               **dict(churn, **kw)).samples.double()
 
     def errors(x):
@@ -236,12 +266,12 @@ def test_churn_is_reproducible_and_statistically_right(sde_cls, gaussian8):
         cov_err = float(torch.linalg.norm(torch.cov(x.T) - cov) / torch.linalg.norm(cov))
         return mean_err, cov_err
 
-    x = run(0)
-    torch.testing.assert_close(run(0), x, rtol=0, atol=0)
-    mean_err, cov_err = errors(x)
+    mean_err, cov_err = errors(run(0))
     assert mean_err < 0.05 and cov_err < 0.09, (mean_err, cov_err)
-    assert not torch.allclose(run(1), x)
-    _, cov_err_wrong = errors(run(0, S_noise=1.5))
+    x = run(0, n=200)
+    torch.testing.assert_close(run(0, n=200), x, rtol=0, atol=0)
+    assert not torch.allclose(run(1, n=200), x)
+    _, cov_err_wrong = errors(run(0, n=1000, S_noise=1.5))
     assert cov_err_wrong > 0.5
 
 
