@@ -25,6 +25,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from configs import resolve_device
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 NPZ_KEYS = ("samples", "images", "arr_0")  # looked up in this order in an .npz file
 
@@ -444,7 +446,7 @@ def fidelity_metrics(samples, reference=None, *, fid=True, isc=True, kid=True, i
                          f"samples, got {n1}")
     if kid and subset < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {n1} samples and {n2} reference images")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device("auto" if device is None else device))
 
     kwargs = dict(input1=input1, cuda=device.type == "cuda", batch_size=batch_size, isc=isc, fid=fid,
                   kid=kid, feature_extractor_weights_path=weights, kid_subset_size=subset,

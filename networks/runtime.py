@@ -40,6 +40,8 @@ import sys
 
 import torch
 
+from configs import resolve_device
+
 # precision name -> autocast dtype (None: no autocast).
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 _PRECISION_ALIASES = {'float32': 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16', 'half': 'fp16'}
@@ -211,7 +213,7 @@ def set_fast_math(options, device=None):
     Never switches anything off. `device` defaults to CUDA when available; on any other device
     nothing changes. Returns the previous state: `restore_fast_math(state)` puts it back."""
     if device is None:
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        device = resolve_device('auto')
     if torch.device(device).type != 'cuda':
         return []
     changes = []

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from configs import resolve_device
+
 DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait for the other ranks
 TIMEOUT_ENV = "SCORE_SDE_DIST_TIMEOUT"
 
@@ -88,9 +90,7 @@ def init_distributed(device=None, backend=None, timeout=None):
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", rank)
-    if device is None:
-        device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(device)
+    device = torch.device(resolve_device("auto" if device is None else device))
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local}")  # one GPU per process under torchrun
     if device.type == "cuda":
