@@ -29,7 +29,10 @@ def draw(model, sde, config, n, *, seed, device, args, batch=None):
     images, nfe, opts = draw_samples(model, sde, config, n, generator=g, device=device,
                                      progress=args.progress, batch_size=batch,
                                      **sampler_overrides(args))
-    return images.cpu(), nfe, used_options(opts)
+    used = used_options(opts)
+    if used["sampler"] == "pc" and not used.get("steps"):
+        used["steps"] = int(sde.N)  # the PC sampler's default: one step per discretisation level
+    return images.cpu(), nfe, used
 
 
 def sample_stem(prefix, opts, seed):
