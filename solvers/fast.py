@@ -19,6 +19,10 @@ in terms of D. So the same two samplers serve VE (alpha = 1), VP and sub-VP:
 With `denoise` (default) the last step jumps from eps to t = 0 by D(x, eps), one more
 evaluation: the EDM sampler's final Euler step to sigma = 0, and the counterpart of the PC
 sampler's noise removal.
+
+`grid` is a grid's name (solvers.grids) or an explicit 1-D tensor of times, largest first, which
+then sets the number of steps; heun also takes EDM's churn (Algorithm 2). UniPC is in
+solvers/unipc.py, grids fitted to a model in solvers/fitted_grid.py.
 """
 
 import math

@@ -109,8 +109,9 @@ def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffus
       corrector_first, project, predictor_options, corrector_options (langevin:
       {'norm': 'batch' | 'sample'}, ald: {'step_lr': ...})), 'ode' (adaptive
       probability-flow ODE; options rtol, atol, method, ode_options), 'heun' (EDM, default 18
-      steps; options grid, rho, second_order), 'dpm_solver++' (default 20 steps; options order
-      (2; 1 or 3), grid, rho, lower_order_final), 'unipc' (UniPC, default 10 steps; options
+      steps; options grid, rho, second_order, churn S_churn, S_tmin, S_tmax, S_noise),
+      'dpm_solver++' (default 20 steps; options order (2; 1 or 3), grid, rho,
+      lower_order_final), 'unipc' (UniPC, default 10 steps; options
       order, variant, use_corrector, grid, lower_order_final, analytic_first), 'adaptive'
       (adaptive SDE solver; options rtol, atol, h_init, error_norm, ...), or any name added
       with `register_sampler`.
