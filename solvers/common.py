@@ -228,6 +228,20 @@ def batch_slices(n, batch_size=None):
     return [slice(i, min(i + b, n)) for i in range(0, n, b)]
 
 
+def step_done(i, t_next, x, callback, bar):
+    """Report a finished step of a deterministic sampler: `callback(i, t, x, x_mean)` with
+    x_mean = x, and one tick of the progress bar."""
+    if callback is not None:
+        callback(i, time_vector(t_next, x), x, x)
+    bar.update()
+
+
+def finish(score_fn, sde, x, t_last, denoise, bar):
+    """Close the progress bar; with `denoise`, one Tweedie denoising step at the last time."""
+    bar.close()
+    return denoise_tweedie(score_fn, sde, x, time_vector(t_last, x)) if denoise else x
+
+
 def progress_bar(total=None, enabled=False, desc=None):
     """A tqdm bar when `enabled`, else a do-nothing stand-in with the same `update`/`close`."""
     if not enabled:

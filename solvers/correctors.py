@@ -22,13 +22,9 @@ from sde_lib.registry import Registry
 CORRECTORS = Registry("corrector")
 
 
-def register_corrector(name, fn=None, *, replace=False):
-    """Register a corrector update function under `name` (usable as a decorator)."""
-    return CORRECTORS.register(name, fn, replace=replace)
-
-
-def get_corrector(name):
-    return CORRECTORS.get(name)
+# register_corrector(name, fn=None, *, replace=False) registers (or decorates) an update function;
+# get_corrector(name) looks one up, naming the known ones when it is unknown.
+register_corrector, get_corrector = CORRECTORS.register, CORRECTORS.get
 
 
 def _discrete_alpha(sde, t):

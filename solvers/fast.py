@@ -29,8 +29,8 @@ import math
 
 import torch
 
-from solvers.common import (coefficients, denoise_tweedie, progress_bar, randn_like,
-                            time_vector)
+from solvers.common import (coefficients, denoise_tweedie, finish, progress_bar, randn_like,
+                            step_done, time_vector)
 from solvers.grids import invert_noise_level, resolve_grid
 
 
@@ -42,6 +42,15 @@ def _grid(sde, steps, eps, grid, rho, grid_options, default_steps):
     t = resolve_grid(sde, grid, steps, eps, default_steps, **options)
     alpha, sigma = coefficients(sde, t)
     return t, alpha, sigma
+
+
+def _log_snr_grid(sde, steps, eps, grid, rho, grid_options, default_steps):
+    """The multistep solvers' grid as lists (t, alpha, sigma, lambda = log(alpha / sigma)), from
+    T to eps (default: the SDE's sampling eps)."""
+    eps = sde.sampling_eps if eps is None else eps
+    t, alpha, sigma = _grid(sde, steps, eps, grid, rho, grid_options, default_steps)
+    lam = torch.log(alpha / sigma).tolist()
+    return t.tolist(), alpha.tolist(), sigma.tolist(), lam
 
 
 def heun(score_fn, sde, x, *, steps=None, eps=None, denoise=True, grid="karras", rho=None,
@@ -87,11 +96,7 @@ def heun(score_fn, sde, x, *, steps=None, eps=None, denoise=True, grid="karras",
             x_cur = alpha[i + 1] * x_hat
             callback(i, time_vector(t[i + 1], x_cur), x_cur, x_cur)
         bar.update()
-    bar.close()
-    x = alpha[-1] * x_hat
-    if denoise:
-        x = denoise_tweedie(score_fn, sde, x, time_vector(t[-1], x))
-    return x
+    return finish(score_fn, sde, alpha[-1] * x_hat, t[-1], denoise, bar)
 
 
 heun.default_steps = 18
@@ -154,11 +159,8 @@ def dpm_solver_pp(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order
     as in the reference implementation."""
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver++ order must be 1, 2 or 3, got {order!r}")
-    eps = sde.sampling_eps if eps is None else eps
-    t, alpha, sigma = _grid(sde, steps, eps, grid, rho, grid_options, 20)
+    t, alpha, sigma, lam = _log_snr_grid(sde, steps, eps, grid, rho, grid_options, 20)
     steps = len(t) - 1
-    lam = torch.log(alpha / sigma).tolist()
-    t, alpha, sigma = t.tolist(), alpha.tolist(), sigma.tolist()
 
     bar = progress_bar(steps, progress, desc="dpm_solver++")
     history = []  # (D_j, lambda_j) of the last steps, newest last
@@ -187,13 +189,8 @@ def dpm_solver_pp(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order
             phi_3 = phi_2 / h - 0.5
             update = phi_1 * d0 - phi_2 * first + phi_3 * second
         x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * update
-        if callback is not None:
-            callback(i, time_vector(t[i + 1], x), x, x)
-        bar.update()
-    bar.close()
-    if denoise:
-        x = denoise_tweedie(score_fn, sde, x, time_vector(t[-1], x))
-    return x
+        step_done(i, t[i + 1], x, callback, bar)
+    return finish(score_fn, sde, x, t[-1], denoise, bar)
 
 
 dpm_solver_pp.default_steps = 20

@@ -27,12 +27,7 @@ from sde_lib.registry import Registry
 GRIDS = Registry("time grid")
 
 
-def register_grid(name, fn=None, *, replace=False):
-    return GRIDS.register(name, fn, replace=replace)
-
-
-def get_grid(name):
-    return GRIDS.get(name)
+register_grid, get_grid = GRIDS.register, GRIDS.get  # (name, fn=None, *, replace=False); (name)
 
 
 def noise_level(sde, t):

@@ -23,13 +23,9 @@ from sde_lib.registry import Registry
 PREDICTORS = Registry("predictor")
 
 
-def register_predictor(name, fn=None, *, replace=False):
-    """Register a predictor update function under `name` (usable as a decorator)."""
-    return PREDICTORS.register(name, fn, replace=replace)
-
-
-def get_predictor(name):
-    return PREDICTORS.get(name)
+# register_predictor(name, fn=None, *, replace=False) registers (or decorates) an update function;
+# get_predictor(name) looks one up, naming the known ones when it is unknown.
+register_predictor, get_predictor = PREDICTORS.register, PREDICTORS.get
 
 
 @register_predictor("euler_maruyama")

@@ -28,8 +28,9 @@ import math
 import torch
 
 from sde_lib import expand_to
-from solvers.common import coefficients, denoise_tweedie, progress_bar, time_vector
-from solvers.fast import _grid
+from solvers.common import (coefficients, denoise_tweedie, finish, progress_bar, step_done,
+                            time_vector)
+from solvers.fast import _log_snr_grid
 
 VARIANTS = ("bh1", "bh2")
 
@@ -96,11 +97,8 @@ def unipc(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order=3, vari
         raise ValueError(f"unipc order must be 1, 2 or 3, got {order!r}")
     if variant not in VARIANTS:
         raise ValueError(f"unipc variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    eps = sde.sampling_eps if eps is None else eps
-    t, alpha, sigma = _grid(sde, steps, eps, grid, rho, grid_options, 10)
+    t, alpha, sigma, lam = _log_snr_grid(sde, steps, eps, grid, rho, grid_options, 10)
     steps = len(t) - 1
-    lam = torch.log(alpha / sigma).tolist()
-    t, alpha, sigma = t.tolist(), alpha.tolist(), sigma.tolist()
 
     if analytic_first is None:
         d_first = denoise_tweedie(score_fn, sde, x, time_vector(t[0], x))
@@ -136,13 +134,8 @@ def unipc(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order=3, vari
                 x_new = base - (alpha[i + 1] * B) * res
             history = (history + [(d_new, lam[i + 1])])[-order:]
         x = x_new
-        if callback is not None:
-            callback(i, time_vector(t[i + 1], x), x, x)
-        bar.update()
-    bar.close()
-    if denoise:
-        x = denoise_tweedie(score_fn, sde, x, time_vector(t[-1], x))
-    return x
+        step_done(i, t[i + 1], x, callback, bar)
+    return finish(score_fn, sde, x, t[-1], denoise, bar)
 
 
 unipc.default_steps = 10

@@ -1,4 +1,8 @@
-"""Parameter sets shared by several test files."""
+"""Parameter sets and closed forms shared by several test files."""
+
+import torch
+
+from solvers.common import coefficients
 
 
 def pc_cases(steps):
@@ -7,3 +11,15 @@ def pc_cases(steps):
     return [("ve", dict(predictor="reverse_diffusion", corrector="langevin", steps=steps)),
             ("vp", dict(predictor="ancestral_sampling", corrector="none", steps=steps)),
             ("subvp", dict(predictor="euler_maruyama", corrector="langevin", steps=steps))]
+
+
+def exact_flow(sde, mu, cov, x, t0, t1):
+    """x(t1) of the probability-flow ODE from x(t0) = x, for Gaussian data N(mu, cov): in the
+    eigenbasis of cov each coordinate scales by sqrt(v(t1) / v(t0)), v = alpha^2 lambda + sigma^2,
+    around the moving mean alpha mu."""
+    lam, U = torch.linalg.eigh(cov)
+    a0, s0 = coefficients(sde, torch.tensor([float(t0)], dtype=torch.float64))
+    a1, s1 = coefficients(sde, torch.tensor([float(t1)], dtype=torch.float64))
+    v0, v1 = a0 ** 2 * lam + s0 ** 2, a1 ** 2 * lam + s1 ** 2
+    y = (x.double() - a0 * mu) @ U
+    return a1 * mu + (y * torch.sqrt(v1 / v0)) @ U.T

@@ -32,3 +32,13 @@ def dist():
     g = torch.Generator().manual_seed(0)
     means = torch.randn(2, 4, generator=g, dtype=torch.float64) * 2
     return oracle.gaussian_mixture(means, torch.tensor([0.3, 0.5], dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def gaussian8():
+    """(mu, cov, dist): an 8-D Gaussian with a random covariance (eigenvalues in [0.05, 1]),
+    whose probability-flow ODE has a closed-form solution (`cases.exact_flow`)."""
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(8, generator=g, dtype=torch.float64)
+    cov = oracle.random_covariance(8, generator=g, min_eig=0.05, max_eig=1.0)
+    return mu, cov, oracle.gaussian(mu, cov)

@@ -7,36 +7,22 @@ point with it from the same x(T); orders of convergence are least-squares slopes
 log(error) against log(steps).
 """
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import solvers
 from sde_lib import VESDE, VPSDE, oracle, subVPSDE
-from solvers.common import coefficients
 from solvers.fitted_grid import fit_grid
 from solvers.unipc import gaussian_denoiser, unipc_coefficients
 
+from cases import exact_flow
+
 SDES = [VESDE, VPSDE, subVPSDE]
 D = 8
-
-
-@pytest.fixture(scope="module")
-def gaussian8():
-    g = torch.Generator().manual_seed(0)
-    mu = torch.randn(D, generator=g, dtype=torch.float64)
-    cov = oracle.random_covariance(D, generator=g, min_eig=0.05, max_eig=1.0)
-    return mu, cov, oracle.gaussian(mu, cov)
-
-
-def exact_flow(sde, mu, cov, x, t0, t1):
-    lam, U = torch.linalg.eigh(cov)
-    a0, s0 = coefficients(sde, torch.tensor([float(t0)], dtype=torch.float64))
-    a1, s1 = coefficients(sde, torch.tensor([float(t1)], dtype=torch.float64))
-    v0, v1 = a0 ** 2 * lam + s0 ** 2, a1 ** 2 * lam + s1 ** 2
-    y = (x.double() - a0 * mu) @ U
-    return a1 * mu + (y * torch.sqrt(v1 / v0)) @ U.T
 
 
 def flow_errors(sde, gaussian, steps, **kwargs):
@@ -309,29 +295,8 @@ def test_churn_changes_the_path_only_inside_its_window(gaussian8):
 # mixture in 2-D, 3 samples, generator seed 5, default eps and denoising; made with
 # `solvers.sample(dist.marginal(sde).score, sde, (3, 2), generator=torch.Generator()
 # .manual_seed(5), **kwargs).samples` and rounded to 6 decimals.
-BEFORE = {
-    ('ve', 'pc'): [-0.228229, 1.289591, -1.253725, 0.895488, -1.050762, 1.718189],
-    ('ve', 'heun'): [-1.63314, 1.207209, -1.608128, 2.063277, -1.35357, 2.95978],
-    ('ve', 'euler'): [-0.665186, 1.170537, -0.873543, 1.504671, -0.852016, 1.761061],
-    ('ve', 'dpm1'): [-0.772532, 1.201131, -0.952279, 1.553708, -0.904307, 1.835313],
-    ('ve', 'dpm2'): [-1.040876, 1.277923, -1.222425, 1.712977, -1.141811, 2.073795],
-    ('ve', 'dpm3'): [-1.218932, 1.352703, -1.432176, 1.823194, -1.332634, 2.195282],
-    ('ve', 'dpm3_16'): [-0.97883, 1.211019, -1.074697, 1.655236, -0.973697, 2.070124],
-    ('vp', 'pc'): [2.03722, -0.408858, -1.653531, 1.179678, 1.955925, 0.745277],
-    ('vp', 'heun'): [-2.99881, 1.830992, -2.664783, 2.632097, -2.255414, 3.571027],
-    ('vp', 'euler'): [-0.794591, 1.262732, -0.869446, 1.494727, -0.833025, 1.705003],
-    ('vp', 'dpm1'): [-0.783573, 1.221655, -0.904112, 1.527744, -0.862153, 1.794719],
-    ('vp', 'dpm2'): [-1.074846, 1.320561, -1.161481, 1.677446, -1.088096, 2.008965],
-    ('vp', 'dpm3'): [-1.1276, 1.340719, -1.269828, 1.734112, -1.206724, 2.079883],
-    ('vp', 'dpm3_16'): [-0.942344, 1.185098, -1.058648, 1.656776, -0.956911, 2.091279],
-    ('subvp', 'pc'): [2.442715, -0.283274, -1.587718, 0.994803, 1.599316, 0.206699],
-    ('subvp', 'heun'): [-2.020029, 0.862672, -2.461851, 2.742382, -2.084355, 4.500284],
-    ('subvp', 'euler'): [-0.382429, 1.082926, -0.68387, 1.389083, -0.714677, 1.582598],
-    ('subvp', 'dpm1'): [-0.78742, 1.252738, -0.847155, 1.486463, -0.802647, 1.703783],
-    ('subvp', 'dpm2'): [-1.306024, 1.425429, -1.335253, 1.769264, -1.239679, 2.108837],
-    ('subvp', 'dpm3'): [-1.99875, 1.672731, -1.8606, 2.076411, -1.658509, 2.532701],
-    ('subvp', 'dpm3_16'): [-0.924788, 1.225554, -1.03578, 1.623274, -0.952929, 1.983148],
-}
+BEFORE = {tuple(k.split("/")): v for k, v in json.loads(
+    (Path(__file__).parent / "data" / "samplers_before_issue15.json").read_text()).items()}
 CASES = {"pc": dict(sampler="pc", steps=30),
          "heun": dict(sampler="heun", steps=4),
          "euler": dict(sampler="heun", steps=4, second_order=False),

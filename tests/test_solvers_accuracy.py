@@ -14,28 +14,11 @@ import torch
 
 import solvers
 from sde_lib import VESDE, VPSDE, oracle, subVPSDE
-from solvers.common import coefficients
+
+from cases import exact_flow
 
 SDES = [VESDE, VPSDE, subVPSDE]
 D = 8
-
-
-@pytest.fixture(scope="module")
-def gaussian8():
-    g = torch.Generator().manual_seed(0)
-    mu = torch.randn(D, generator=g, dtype=torch.float64)
-    cov = oracle.random_covariance(D, generator=g, min_eig=0.05, max_eig=1.0)
-    return mu, cov, oracle.gaussian(mu, cov)
-
-
-def exact_flow(sde, mu, cov, x, t0, t1):
-    """x(t1) of the probability-flow ODE from x(t0) = x, for Gaussian data N(mu, cov)."""
-    lam, U = torch.linalg.eigh(cov)
-    a0, s0 = coefficients(sde, torch.tensor([float(t0)], dtype=torch.float64))
-    a1, s1 = coefficients(sde, torch.tensor([float(t1)], dtype=torch.float64))
-    v0, v1 = a0 ** 2 * lam + s0 ** 2, a1 ** 2 * lam + s1 ** 2
-    y = (x.double() - a0 * mu) @ U
-    return a1 * mu + (y * torch.sqrt(v1 / v0)) @ U.T
 
 
 def flow_errors(sde, gaussian, settings, n=64):
