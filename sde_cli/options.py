@@ -83,6 +83,22 @@ def positive_int(text):
     return value
 
 
+def time_grid(text):
+    """A grid name, or comma-separated times (largest first) as a float64 tensor."""
+    import solvers
+    if text in solvers.GRIDS:
+        return text
+    try:
+        times = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a grid name ({', '.join(solvers.GRIDS.names())}) nor comma-separated times: "
+            f"{text!r}") from None
+    if len(times) < 2:
+        raise argparse.ArgumentTypeError(f"an explicit grid needs at least 2 times, got {text!r}")
+    return torch.tensor(times, dtype=torch.float64)
+
+
 def positive_float(text):
     try:
         value = float(text)
@@ -135,6 +151,11 @@ def add_sampler_flags(parser, n_default=64, eps_alias=True):
     flag(g, "corrector", choices=correctors, metavar="NAME",
          help=f"PC corrector, one of: {', '.join(correctors)} (default config.sampling.corrector)")
     flag(g, "steps", type=positive_int, help="sampler steps (default: the sampler's own)")
+    import solvers
+    grids = solvers.GRIDS.names()
+    flag(g, "grid", type=time_grid, metavar="NAME|T1,T2,...",
+         help=f"time grid of heun, dpm_solver++ and unipc: a name, one of: {', '.join(grids)}, "
+         f"or explicit times, largest first (they set the number of steps)")
     flag(g, "snr", type=positive_float, help="Langevin corrector signal-to-noise ratio "
          "(default config.sampling.snr)")
     flag(g, "n-corrector-steps", type=positive_int,
@@ -161,7 +182,7 @@ def sampler_overrides(args):
     """The sampling flags given on the command line, as `sampling_options` keywords."""
     return {"sampler": args.sampler, "predictor": args.predictor, "corrector": args.corrector,
             "steps": args.steps, "snr": args.snr, "n_corrector_steps": args.n_corrector_steps,
-            "eps": args.sample_eps, "denoise": args.denoise}
+            "eps": args.sample_eps, "denoise": args.denoise, "grid": getattr(args, "grid", None)}
 
 
 def check_sampling(opts):
@@ -173,6 +194,15 @@ def check_sampling(opts):
         if name is not None and not callable(name) and name not in known:
             raise CLIError(f"unknown {key} {name!r} (config.sampling or --{key}); known: "
                            f"{', '.join(known)}")
+    import inspect
+    import solvers
+    params = inspect.signature(solvers.SAMPLERS.get(opts["sampler"])).parameters
+    for key in ("steps", "grid"):
+        if opts.get(key) is not None and key not in params:
+            takes = [n for n in solvers.SAMPLERS.names()
+                     if key in inspect.signature(solvers.SAMPLERS.get(n)).parameters]
+            raise CLIError(f"sampler {opts['sampler']!r} takes no --{key}; samplers that do: "
+                           f"{', '.join(takes)}")
     return opts
 
 

@@ -32,6 +32,9 @@ def draw(model, sde, config, n, *, seed, device, args, batch=None):
     used = used_options(opts)
     if used["sampler"] == "pc" and not used.get("steps"):
         used["steps"] = int(sde.N)  # the PC sampler's default: one step per discretisation level
+    if torch.is_tensor(used.get("grid")):  # explicit times: recorded, and they set the steps
+        used["grid"] = used["grid"].tolist()
+        used["steps"] = len(used["grid"]) - 1
     return images.cpu(), nfe, used
 
 

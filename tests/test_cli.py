@@ -416,3 +416,21 @@ def test_eval_bits_per_dim_follow_a_rewritten_checkpoint(tmp_path, capsys):
     second = json.loads(report.read_text())["bpd"]
     assert second != first
     assert len(list((workdir / "eval").glob("bpd_test_*.jsonl"))) == 2
+
+
+def test_grid_flag_takes_a_name_or_explicit_times(trained, tmp_path, capsys):
+    assert cli(["sample", "--workdir", str(trained), "--sampler", "unipc", "--grid",
+                "1,0.5,0.1,0.001", "-n", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    info = json.loads((tmp_path / "samples_unipc_3steps_seed42.json").read_text())
+    assert info["options"]["grid"] == [1.0, 0.5, 0.1, 0.001] and info["nfe"] == 4
+    assert cli(["sample", "--workdir", str(trained), "--sampler", "heun", "--grid", "logsnr",
+                "--steps", "3", "-n", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "samples_heun_3steps_seed42.json").read_text())[
+        "options"]["grid"] == "logsnr"
+    # checked before any sampling: a sampler without a grid or a step count
+    assert cli(["sample", "--workdir", str(trained), "--sampler", "pc", "--grid", "karras",
+                "--no-progress"]) == 1
+    assert "takes no --grid" in only_error_line(capsys.readouterr().err)
+    assert cli(["sample", "--workdir", str(trained), "--sampler", "ode", "--steps", "5",
+                "--no-progress"]) == 1
+    assert "takes no --steps" in only_error_line(capsys.readouterr().err)

@@ -31,7 +31,8 @@ def sampling_options(config, **overrides):
     }
     if s.get("probability_flow", False) and _accepts(opts["sampler"], "probability_flow"):
         opts["probability_flow"] = True
-    if s.get("steps", None) and _accepts(opts["sampler"], "steps"):
+    explicit_grid = torch.is_tensor(overrides.get("grid"))  # its times set the steps
+    if s.get("steps", None) and _accepts(opts["sampler"], "steps") and not explicit_grid:
         opts["steps"] = int(s.steps)
     opts.update({k: v for k, v in overrides.items() if v is not None})
     return opts
