@@ -49,6 +49,7 @@ import torch
 
 import solvers
 from sde_lib import VESDE, VPSDE, oracle, subVPSDE
+from sde_lib.fileio import write_text
 from solvers.common import coefficients
 from solvers.fitted_grid import fit_grid
 
@@ -513,10 +514,7 @@ def main(argv=None):
     text = "\n".join(out) + "\n"
     print(text)
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, args.output)
+        write_text(args.output, text)
 
 
 def _version(dist_name):
