@@ -37,7 +37,6 @@ The score is the oracle's, evaluated batched over the components (checked agains
 import argparse
 import datetime
 import math
-import os
 import platform
 import sys
 import time
