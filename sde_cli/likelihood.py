@@ -17,9 +17,10 @@ import time
 import torch
 
 from sde_cli.app import Command
-from sde_cli.options import CLIError, add_run_flags, flag, positive_float, positive_int
+from sde_cli.options import (CLIError, add_run_flags, check_writable, flag, positive_float,
+                             positive_int)
 from sde_cli.outputs import write_json
-from sde_cli.sample import add_source_flags, load_score_model
+from sde_cli.sample import add_source_flags, load_score_model, output_folder
 
 
 def pixel_levels(args, dataset, config):
@@ -84,15 +85,10 @@ def run(args):
 
 
 def _out_dir(args, source):
-    from sde_cli.options import check_writable
+    """The folder of --records, else that of `sample`'s rule (--out, else <workdir>/eval)."""
     if args.records:
         return check_writable(os.path.dirname(os.path.abspath(args.records)))
-    if args.out:
-        return check_writable(args.out)
-    if getattr(args, "diffusers", None) or os.path.isdir(source):
-        return check_writable(os.path.join(args.workdir or "runs", "eval"))
-    return check_writable(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(source))),
-                                       "eval"))
+    return output_folder(args, source, "eval")
 
 
 def add_likelihood_flags(parser):

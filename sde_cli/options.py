@@ -9,6 +9,9 @@ import socket
 
 import torch
 
+import solvers
+from training.sampling import accepts
+
 SDE_NAMES = {"ve": "vesde", "vp": "vpsde", "subvp": "subvpsde",
              "vesde": "vesde", "vpsde": "vpsde", "subvpsde": "subvpsde"}
 SHORT_SDE = {"vesde": "ve", "vpsde": "vp", "subvpsde": "subvp"}
@@ -85,7 +88,6 @@ def positive_int(text):
 
 def time_grid(text):
     """A grid name, or comma-separated times (largest first) as a float64 tensor."""
-    import solvers
     if text in solvers.GRIDS:
         return text
     try:
@@ -135,7 +137,6 @@ def add_run_flags(parser, *, config_required=False):
 
 def registry_names():
     """(samplers, predictors, correctors): the names the sampling registries hold."""
-    import solvers
     return solvers.SAMPLERS.names(), solvers.PREDICTORS.names(), solvers.CORRECTORS.names()
 
 
@@ -151,7 +152,6 @@ def add_sampler_flags(parser, n_default=64, eps_alias=True):
     flag(g, "corrector", choices=correctors, metavar="NAME",
          help=f"PC corrector, one of: {', '.join(correctors)} (default config.sampling.corrector)")
     flag(g, "steps", type=positive_int, help="sampler steps (default: the sampler's own)")
-    import solvers
     grids = solvers.GRIDS.names()
     flag(g, "grid", type=time_grid, metavar="NAME|T1,T2,...",
          help=f"time grid of heun, dpm_solver++ and unipc: a name, one of: {', '.join(grids)}, "
@@ -194,13 +194,9 @@ def check_sampling(opts):
         if name is not None and not callable(name) and name not in known:
             raise CLIError(f"unknown {key} {name!r} (config.sampling or --{key}); known: "
                            f"{', '.join(known)}")
-    import inspect
-    import solvers
-    params = inspect.signature(solvers.SAMPLERS.get(opts["sampler"])).parameters
     for key in ("steps", "grid"):
-        if opts.get(key) is not None and key not in params:
-            takes = [n for n in solvers.SAMPLERS.names()
-                     if key in inspect.signature(solvers.SAMPLERS.get(n)).parameters]
+        if opts.get(key) is not None and not accepts(opts["sampler"], key):
+            takes = [n for n in solvers.SAMPLERS.names() if accepts(n, key)]
             raise CLIError(f"sampler {opts['sampler']!r} takes no --{key}; samplers that do: "
                            f"{', '.join(takes)}")
     return opts

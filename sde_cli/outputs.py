@@ -1,13 +1,13 @@
 """Samples as files: drawing them as the config and flags say, naming them by what made them,
 and writing PNG grids, .npz arrays and JSON records that never overwrite one another."""
 
-import inspect
 import math
 import os
 
 import torch
 
 from sde_cli.options import sampler_overrides, unique_stem
+from training.sampling import accepts, draw_samples
 
 SAMPLE_SUFFIXES = (".png", "_pixels.png", ".npz", ".json")
 
@@ -15,16 +15,12 @@ SAMPLE_SUFFIXES = (".png", "_pixels.png", ".npz", ".json")
 def used_options(opts):
     """The sampling options the chosen sampler actually takes (a config's PC settings are not
     reported for the ODE sampler)."""
-    import solvers
-    params = inspect.signature(solvers.SAMPLERS.get(opts["sampler"])).parameters
-    return {k: v for k, v in opts.items() if k == "sampler" or k in params
-            or (k == "eps" and v is not None)}
+    return {k: v for k, v in opts.items() if k == "sampler" or accepts(opts["sampler"], k)}
 
 
 def draw(model, sde, config, n, *, seed, device, args, batch=None):
     """n samples in [0, 1] drawn with one generator seeded by `seed`, the NFE of one sample,
     and the options used."""
-    from training.sampling import draw_samples
     g = torch.Generator(device=device).manual_seed(int(seed))
     images, nfe, opts = draw_samples(model, sde, config, n, generator=g, device=device,
                                      progress=args.progress, batch_size=batch,

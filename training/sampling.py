@@ -1,5 +1,7 @@
 """Sampling a trained model as a config says (used by the training snapshots and the CLI)."""
 
+import inspect
+
 import torch
 
 import solvers
@@ -8,9 +10,8 @@ from networks.runtime import RuntimeOptions
 from training.data import get_data_inverse_scaler
 
 
-def _accepts(sampler, name):
+def accepts(sampler, name):
     """Whether the solvers sampler `sampler` takes the keyword `name`."""
-    import inspect
     params = inspect.signature(solvers.SAMPLERS.get(sampler)).parameters
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
@@ -29,10 +30,10 @@ def sampling_options(config, **overrides):
         "n_corrector_steps": int(s.get("n_steps_each", 1)),
         "denoise": bool(s.get("noise_removal", True)),
     }
-    if s.get("probability_flow", False) and _accepts(opts["sampler"], "probability_flow"):
+    if s.get("probability_flow", False) and accepts(opts["sampler"], "probability_flow"):
         opts["probability_flow"] = True
     explicit_grid = torch.is_tensor(overrides.get("grid"))  # its times set the steps
-    if s.get("steps", None) and _accepts(opts["sampler"], "steps") and not explicit_grid:
+    if s.get("steps", None) and accepts(opts["sampler"], "steps") and not explicit_grid:
         opts["steps"] = int(s.steps)
     opts.update({k: v for k, v in overrides.items() if v is not None})
     return opts
