@@ -1,6 +1,7 @@
 """Log-likelihoods by the instantaneous change of variables along the probability-flow ODE.
 
-The probability-flow ODE dx/dt = f~(x, t) = f(x, t) - 1/2 g(t)^2 score(x, t) (Eq. 13) carries
+The probability-flow ODE dx/dt = f~(x, t) = f(x, t) - 1/2 g(t)^2 score(x, t) (Eq. 13; its drift
+and the one integrator of every probability-flow solve are in solvers/flow.py) carries
 p_eps to p_T, and along a solution log p_t(x(t)) changes at the rate -div f~(x(t), t)
 (Chen et al. 2018; Eq. 39 of Song et al. 2021). Integrating the augmented state
 [x, delta] with d delta / dt = div f~ from t = eps to T gives
@@ -16,9 +17,9 @@ import dataclasses
 import math
 
 import torch
-from torchdiffeq import odeint
 
 from likelihood.divergence import ESTIMATORS, draw_probes, exact_divergence, hutchinson_divergence
+from solvers.flow import check_method, check_tolerances, probability_flow_drift, solve
 
 
 @dataclasses.dataclass
@@ -62,7 +63,6 @@ def batch_rms_norm(state):
 
 
 ERROR_NORMS = {"per_sample": per_sample_norm, "batch": batch_rms_norm}
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 def _check_inputs(score_fn, sde, x, estimator, n_probes, rtol, atol, eps, method, error_norm):
@@ -83,13 +83,10 @@ def _check_inputs(score_fn, sde, x, estimator, n_probes, rtol, atol, eps, method
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if int(n_probes) != n_probes or n_probes < 1:
         raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
+    check_tolerances(rtol, atol)
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}")
-    if method not in ADAPTIVE_METHODS:
-        raise ValueError(f"method must be an adaptive torchdiffeq solver, one of "
-                         f"{ADAPTIVE_METHODS}, got {method!r}")
+    check_method(method, adaptive=True)   # the error control is what makes the number trusted
     if error_norm not in ERROR_NORMS:
         raise ValueError(f"error_norm must be one of {sorted(ERROR_NORMS)}, got {error_norm!r}")
 
@@ -129,11 +126,7 @@ def log_likelihood(score_fn, sde, x, *, estimator="rademacher", n_probes=1, rtol
     if estimator == "exact" and n_probes != 1:
         raise ValueError("the exact estimator has no probes; leave n_probes at 1")
     B, dtype = x.shape[0], x.dtype
-    flow = sde.reverse(_shape_checked(score_fn), probability_flow=True)
-
-    def drift(xx, tt):
-        return flow.sde(xx, tt)[0]
-
+    drift = probability_flow_drift(_shape_checked(score_fn), sde)
     probes = None if estimator == "exact" else draw_probes(n_probes, x, estimator, generator)
     nfe = 0
 
@@ -141,9 +134,7 @@ def log_likelihood(score_fn, sde, x, *, estimator="rademacher", n_probes=1, rtol
         nonlocal nfe
         nfe += 1
         xt = state[0].to(dtype)
-        # Steps end exactly at T (step_t below); only the solver's initial step-size probe may ask
-        # for a time past T, where the drift at T serves.
-        vec_t = t.clamp(max=sde.T).to(dtype) * torch.ones(B, dtype=dtype, device=x.device)
+        vec_t = t.to(dtype) * torch.ones(B, dtype=dtype, device=x.device)
         if probes is None:
             f, div = exact_divergence(drift, xt, vec_t, exact_chunk)
             div = div[None]
@@ -156,11 +147,9 @@ def log_likelihood(score_fn, sde, x, *, estimator="rademacher", n_probes=1, rtol
 
     k = 1 if probes is None else n_probes
     y0 = (x.detach().to(state_dtype), torch.zeros(k, B, dtype=state_dtype, device=x.device))
-    times = torch.tensor([eps, sde.T], dtype=state_dtype, device=x.device)
-    opts = dict(options or {}, norm=ERROR_NORMS[error_norm], step_t=times[1:])
+    opts = dict(options or {}, norm=ERROR_NORMS[error_norm])
     with torch.no_grad():
-        zs, deltas = odeint(rhs, y0, times, rtol=rtol, atol=atol, method=method, options=opts)
-        z, delta = zs[-1], deltas[-1]
+        z, delta = solve(rhs, y0, eps, sde.T, rtol=rtol, atol=atol, method=method, options=opts)
         prior_logp = sde.prior_logp(z)
     logp_probes = prior_logp[None] + delta
     logp = logp_probes.mean(0)

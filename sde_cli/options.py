@@ -10,7 +10,7 @@ import socket
 import torch
 
 import solvers
-from training.sampling import accepts
+from solvers.declared import option_table, takers
 
 SDE_NAMES = {"ve": "vesde", "vp": "vpsde", "subvp": "subvpsde",
              "vesde": "vesde", "vpsde": "vpsde", "subvpsde": "subvpsde"}
@@ -86,21 +86,6 @@ def positive_int(text):
     return value
 
 
-def time_grid(text):
-    """A grid name, or comma-separated times (largest first) as a float64 tensor."""
-    if text in solvers.GRIDS:
-        return text
-    try:
-        times = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a grid name ({', '.join(solvers.GRIDS.names())}) nor comma-separated times: "
-            f"{text!r}") from None
-    if len(times) < 2:
-        raise argparse.ArgumentTypeError(f"an explicit grid needs at least 2 times, got {text!r}")
-    return torch.tensor(times, dtype=torch.float64)
-
-
 def positive_float(text):
     try:
         value = float(text)
@@ -140,26 +125,51 @@ def registry_names():
     return solvers.SAMPLERS.names(), solvers.PREDICTORS.names(), solvers.CORRECTORS.names()
 
 
+def _parser(option):
+    """argparse's `type` for a declared option: its parse, with the error argparse prints."""
+
+    def parse(text):
+        try:
+            return option.parse(text)
+        except (ValueError, KeyError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = option.name
+    return parse
+
+
+def _taken_by(name):
+    """'sampler A (default x), sampler B (default y)' for a help text."""
+    return ", ".join(f"{s} (default {d})" for s, d in takers(name).items())
+
+
 def add_sampler_flags(parser, n_default=64, eps_alias=True):
-    """The sampling flags. `eps_alias`: --eps also names --sample-eps (commands whose only eps
-    is the sampler's); otherwise --eps is refused with a message naming the two."""
-    samplers, predictors, correctors = registry_names()
+    """The sampling flags, from the samplers' declarations (solvers.declared): --sampler, a flag
+    of its own for each option declared with one (--steps, --grid, --predictor, ...), and
+    --sampler-option NAME=VALUE for every other option that has a type. `eps_alias`: --eps also
+    names --sample-eps (commands whose only eps is the sampler's); otherwise --eps is refused
+    with a message naming the two."""
+    table = option_table()
+    samplers = solvers.SAMPLERS.names()
     g = parser.add_argument_group("sampling")
     flag(g, "sampler", choices=samplers, metavar="NAME",
          help=f"sampler, one of: {', '.join(samplers)} (default config.sampling.method)")
-    flag(g, "predictor", choices=predictors, metavar="NAME",
-         help=f"PC predictor, one of: {', '.join(predictors)} (default config.sampling.predictor)")
-    flag(g, "corrector", choices=correctors, metavar="NAME",
-         help=f"PC corrector, one of: {', '.join(correctors)} (default config.sampling.corrector)")
-    flag(g, "steps", type=positive_int, help="sampler steps (default: the sampler's own)")
-    grids = solvers.GRIDS.names()
-    flag(g, "grid", type=time_grid, metavar="NAME|T1,T2,...",
-         help=f"time grid of heun, dpm_solver++ and unipc: a name, one of: {', '.join(grids)}, "
-         f"or explicit times, largest first (they set the number of steps)")
-    flag(g, "snr", type=positive_float, help="Langevin corrector signal-to-noise ratio "
-         "(default config.sampling.snr)")
-    flag(g, "n-corrector-steps", type=positive_int,
-         help="corrector steps per noise level (default config.sampling.n_steps_each)")
+    for name, option in table.items():
+        if not option.flag:
+            continue
+        extra = {}
+        if option.choices is not None and option.type is str:
+            extra = dict(choices=list(option.choices), metavar="NAME")
+        choices = f", one of: {', '.join(map(str, option.choices))}" if extra else ""
+        flag(g, name.replace("_", "-"), type=_parser(option), **extra,
+             help=f"{option.help}{choices}; taken by {_taken_by(name)}")
+    others = [f"{s}: " + ", ".join(f"{o.name} ({o.type.__name__}, default {o.default!r})"
+                                  for o in solvers.get_sampler(s).options.values()
+                                  if not o.flag and o.type is not None)
+              for s in samplers]
+    flag(g, "sampler-option", dest="sampler_options", metavar="NAME=VALUE", action="append",
+         type=_sampler_option, default=[],
+         help="another option of the sampler (repeatable): " + "; ".join(others))
     flag(g, "sample-eps", aliases=("--eps",) if eps_alias else (), type=positive_float,
          help="last sampling time (default the SDE's: 1e-5 VE, 1e-3 VP/sub-VP)")
     if not eps_alias:
@@ -172,6 +182,17 @@ def add_sampler_flags(parser, n_default=64, eps_alias=True):
          "(default: all at once)")
 
 
+def _sampler_option(text):
+    """NAME=VALUE of --sampler-option as (name, value), the value parsed by the type that the
+    samplers taking NAME declare."""
+    name, sep, value = text.partition("=")
+    table = {k: o for k, o in option_table().items() if not o.flag and o.type is not None}
+    if not sep or name not in table:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=VALUE with NAME one of {', '.join(sorted(table))}, got {text!r}")
+    return name, _parser(table[name])(value)
+
+
 class _Ambiguous(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         parser.error("--eps is ambiguous here: use --sample-eps (the sampler's last time) or "
@@ -179,26 +200,27 @@ class _Ambiguous(argparse.Action):
 
 
 def sampler_overrides(args):
-    """The sampling flags given on the command line, as `sampling_options` keywords."""
-    return {"sampler": args.sampler, "predictor": args.predictor, "corrector": args.corrector,
-            "steps": args.steps, "snr": args.snr, "n_corrector_steps": args.n_corrector_steps,
-            "eps": args.sample_eps, "denoise": args.denoise, "grid": getattr(args, "grid", None)}
+    """The sampling options given on the command line, as `sampling_options` keywords (the
+    sampler's name travels in the config: `finish_config` sets config.sampling.method)."""
+    given = {name: getattr(args, name, None) for name, o in option_table().items() if o.flag}
+    given.update(eps=args.sample_eps, denoise=args.denoise)
+    for name, value in getattr(args, "sampler_options", None) or ():
+        given[name] = value
+    return given
 
 
 def check_sampling(opts):
-    """Fail before any work on names the registries do not hold (a config's or a flag's)."""
-    samplers, predictors, correctors = registry_names()
-    for key, known in (("sampler", samplers), ("predictor", predictors),
-                       ("corrector", correctors)):
-        name = opts.get(key)
-        if name is not None and not callable(name) and name not in known:
-            raise CLIError(f"unknown {key} {name!r} (config.sampling or --{key}); known: "
-                           f"{', '.join(known)}")
-    for key in ("steps", "grid"):
-        if opts.get(key) is not None and not accepts(opts["sampler"], key):
-            takes = [n for n in solvers.SAMPLERS.names() if accepts(n, key)]
-            raise CLIError(f"sampler {opts['sampler']!r} takes no --{key}; samplers that do: "
-                           f"{', '.join(takes)}")
+    """Fail before any work on a sampler the registry does not hold, or an option (a config's
+    or a flag's) the sampler does not take or whose value it does not allow."""
+    name = opts.get("sampler")
+    if name is not None and not callable(name) and name not in solvers.SAMPLERS:
+        raise CLIError(f"unknown sampler {name!r} (config.sampling.method or --sampler); known: "
+                       f"{', '.join(solvers.SAMPLERS.names())}")
+    spec = solvers.get_sampler(name or "pc")
+    try:
+        spec.check({k: v for k, v in opts.items() if k not in ("sampler", "eps", "denoise")})
+    except ValueError as e:
+        raise CLIError(f"{e} (config.sampling or the command line)") from None
     return opts
 
 

@@ -7,30 +7,19 @@ import os
 import torch
 
 from sde_cli.options import sampler_overrides, unique_stem
-from training.sampling import accepts, draw_samples
+from training.sampling import draw_samples
 
 SAMPLE_SUFFIXES = (".png", "_pixels.png", ".npz", ".json")
 
 
-def used_options(opts):
-    """The sampling options the chosen sampler actually takes (a config's PC settings are not
-    reported for the ODE sampler)."""
-    return {k: v for k, v in opts.items() if k == "sampler" or accepts(opts["sampler"], k)}
-
-
 def draw(model, sde, config, n, *, seed, device, args, batch=None):
     """n samples in [0, 1] drawn with one generator seeded by `seed`, the NFE of one sample,
-    and the options used."""
+    and every option the run used, defaults included (steps and grid resolved; JSON data:
+    passed back to `draw_samples` as overrides it draws the same images)."""
     g = torch.Generator(device=device).manual_seed(int(seed))
-    images, nfe, opts = draw_samples(model, sde, config, n, generator=g, device=device,
+    images, nfe, used = draw_samples(model, sde, config, n, generator=g, device=device,
                                      progress=args.progress, batch_size=batch,
                                      **sampler_overrides(args))
-    used = used_options(opts)
-    if used["sampler"] == "pc" and not used.get("steps"):
-        used["steps"] = int(sde.N)  # the PC sampler's default: one step per discretisation level
-    if torch.is_tensor(used.get("grid")):  # explicit times: recorded, and they set the steps
-        used["grid"] = used["grid"].tolist()
-        used["steps"] = len(used["grid"]) - 1
     return images.cpu(), nfe, used
 
 

@@ -8,9 +8,11 @@ ODE, and fast samplers (EDM Heun, DPM-Solver++, an adaptive SDE solver).
 
 `score_fn(x, t)` is any callable returning grad_x log p_t(x) for x [B, ...] and t [B].
 Predictors, correctors, samplers and time grids live in name registries
-(`register_predictor`, `register_corrector`, `register_sampler`, `register_grid`).
-Modules: predictors, correctors, pc, ode, fast (heun, dpm_solver++), unipc, adaptive, grids,
-fitted_grid (fit_grid: a time grid fitted to a model), sampling.
+(`register_predictor`, `register_corrector`, `register_sampler`, `register_grid`); a sampler or
+corrector is declared with its options (`Option`: type, default, help) once, in `declared`.
+Modules: predictors, correctors, pc, ode, flow (the probability-flow ODE and its one
+integrator), fast (heun, dpm_solver++), unipc, adaptive, grids, fitted_grid (fit_grid: a time
+grid fitted to a model), declared, sampling.
 """
 
 from solvers.adaptive import adaptive
@@ -18,15 +20,17 @@ from solvers.annealed import annealed_inpaint, annealed_langevin, annealed_level
 from solvers.common import (CountingScore, NonFiniteError, coefficients, denoise_tweedie,
                             with_steps)
 from solvers.correctors import CORRECTORS, get_corrector, register_corrector
+from solvers.declared import Option, Sampler, get_sampler
 from solvers.fast import dpm_solver_pp, heun
 from solvers.unipc import unipc
 from solvers.fitted_grid import GridFit, fit_grid
 from solvers.grids import GRIDS, get_grid, register_grid
-from solvers.ode import decode, encode, integrate, ode_sampler, probability_flow_drift
+from solvers.flow import probability_flow_drift
+from solvers.ode import decode, encode, integrate, ode_sampler
 from solvers.pc import pc_sampler
 from solvers.predictors import PREDICTORS, get_predictor, register_predictor
 from solvers.result import EncodeResult, SampleResult
-from solvers.sampling import SAMPLERS, register_sampler, sample
+from solvers.sampling import SAMPLERS, register_sampler, sample, with_rows
 # Conditional generation on the same samplers: operators (solvers/operators.py), posterior
 # samplers (solvers/inverse.py), inpainting, colorization and class guidance
 # (solvers/conditional.py). Classifiers: networks.classifier (model, files) and
@@ -60,4 +64,5 @@ __all__ = ["annealed_inpaint", "annealed_langevin", "annealed_levels", "from_adv
            "get_predictor", "heun", "inpaint", "integrate", "linear_inverse", "list_correctors",
            "list_predictors", "list_samplers", "ode_sampler", "pc_sampler",
            "probability_flow_drift", "register_corrector", "register_grid", "register_predictor",
-           "register_sampler", "sample", "unipc", "with_steps", "GridFit", "fit_grid"]
+           "register_sampler", "sample", "unipc", "with_steps", "GridFit", "fit_grid", "Option",
+           "Sampler", "get_sampler", "with_rows"]

@@ -20,11 +20,20 @@ import torch
 
 from sde_lib import expand_to
 from solvers.common import denoise_tweedie, nonfinite_rows, progress_bar, randn_like
+from solvers.declared import Option, positive_float, positive_int, register_sampler
 
 
-def adaptive(score_fn, sde, x, *, eps=None, denoise=True, rtol=0.01, atol=0.0078, h_init=0.01,
-             safety=0.9, exponent=0.9, error_norm="sample", max_iters=10000, generator=None,
-             progress=False, callback=None):
+@register_sampler("adaptive", options=(
+    Option("rtol", positive_float, 0.01, "relative tolerance of the local error"),
+    Option("atol", positive_float, 0.0078, "absolute tolerance of the local error"),
+    Option("h_init", positive_float, 0.01, "first step size"),
+    Option("safety", positive_float, 0.9, "safety factor of the step-size rule"),
+    Option("exponent", positive_float, 0.9, "exponent of the step-size rule"),
+    Option("error_norm", str, "sample", "error norm per sample (the paper's) or over the batch",
+           choices=("sample", "batch")),
+    Option("max_iters", positive_int, 10000, "iterations before giving up")))
+def adaptive(score_fn, sde, x, *, eps, denoise, generator, progress, callback, rtol, atol,
+             h_init, safety, exponent, error_norm, max_iters):
     """Sample the reverse SDE from x = x(T) to eps with adaptive steps.
 
     error_norm='sample' (default, the paper's): each sample has its own step, controlled by its
@@ -35,8 +44,6 @@ def adaptive(score_fn, sde, x, *, eps=None, denoise=True, rtol=0.01, atol=0.0078
     dimension, at the cost of coupling the samples of a batch.
     A sample whose drift turns NaN/inf is set aside (finished at once, returned as NaN), so it
     neither stalls the loop nor enters the batch error norm."""
-    if error_norm not in ("sample", "batch"):
-        raise ValueError(f"adaptive: error_norm must be 'sample' or 'batch', got {error_norm!r}")
     for name, v in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("safety", safety),
                     ("exponent", exponent)):
         if not v > 0:

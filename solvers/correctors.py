@@ -1,13 +1,13 @@
 """Correctors of the PC sampler (Song et al. 2021, Sec. 4.2, Algorithms 4 and 5): score-based
 MCMC steps at a fixed time t that move x towards p_t.
 
-Interface (register a new one with `@register_corrector("name")`):
+Interface (register a new one with `@register_corrector("name", options=(Option(...), ...))`):
 
     update(score_fn, sde, x, t, *, snr, n_steps, eps, generator=None, **options) -> (x, x_mean)
 
 `sde` has N equal to the number of sampler steps, `eps` is the sampler's last time (the
-smallest noise level visited), `options` are the corrector's own keyword arguments (passed as
-`corrector_options=` to `solvers.sample`). `x_mean` is the state before the last step's noise.
+smallest noise level visited), `options` are the corrector's own declared options (passed as
+`corrector_options=` to `solvers.sample`; `solvers.declared`). `x_mean` is the state before the last step's noise.
 """
 
 import math
@@ -17,14 +17,19 @@ import torch
 
 from sde_lib import expand_to
 from solvers.common import coefficients, randn_like
+from solvers.declared import Option, register_declared
 from sde_lib.registry import Registry
 
 CORRECTORS = Registry("corrector")
 
 
-# register_corrector(name, fn=None, *, replace=False) registers (or decorates) an update function;
-# get_corrector(name) looks one up, naming the known ones when it is unknown.
-register_corrector, get_corrector = CORRECTORS.register, CORRECTORS.get
+def register_corrector(name, fn=None, *, options=(), replace=False):
+    """Register (or decorate) a corrector's update function with its declared options."""
+    return register_declared(CORRECTORS, "corrector", name, fn, options=options,
+                             replace=replace)
+
+
+get_corrector = CORRECTORS.get   # naming the known ones when the name is unknown
 
 
 def _discrete_alpha(sde, t):
@@ -56,8 +61,10 @@ def _langevin_step(x, grad, noise, step):
     return x_mean + torch.sqrt(2 * step) * noise, x_mean
 
 
-@register_corrector("langevin")
-def langevin(score_fn, sde, x, t, *, snr, n_steps, eps, generator=None, norm="batch"):
+@register_corrector("langevin", options=(
+    Option("norm", str, "batch", "score and noise norms averaged over the batch (the "
+           "original's rule) or per sample", choices=("batch", "sample")),))
+def langevin(score_fn, sde, x, t, *, snr, n_steps, eps, generator=None, norm):
     """Langevin MCMC with the step size set by a target signal-to-noise ratio (Algorithm 5):
     step = 2 alpha_i (snr ||z|| / ||score||)^2, alpha_i = 1 - beta_i for VP/sub-VP, 1 for VE.
 
@@ -66,8 +73,6 @@ def langevin(score_fn, sde, x, t, *, snr, n_steps, eps, generator=None, norm="ba
     whose score is NaN/inf are left out of the average (with a warning), so that one bad sample
     does not turn the whole batch to NaN.
     norm='sample': each sample uses its own norms (a batch-independent sampler)."""
-    if norm not in ("batch", "sample"):
-        raise ValueError(f"langevin norm must be 'batch' or 'sample', got {norm!r}")
     alpha = _discrete_alpha(sde, t)
     x_mean = x
     for _ in range(n_steps):
@@ -82,8 +87,10 @@ def langevin(score_fn, sde, x, t, *, snr, n_steps, eps, generator=None, norm="ba
     return x, x_mean
 
 
-@register_corrector("ald")
-def ald(score_fn, sde, x, t, *, snr, n_steps, eps, generator=None, step_lr=None):
+@register_corrector("ald", options=(
+    Option("step_lr", float, None, "NCSN's step size at the smallest level (None: the "
+           "original's snr rule)"),))
+def ald(score_fn, sde, x, t, *, snr, n_steps, eps, generator=None, step_lr):
     """Annealed Langevin dynamics of NCSN (Song & Ermon 2019, Algorithm 1) at noise level
     sigma_i = the kernel's std at t: n_steps of x <- x + a_i score + sqrt(2 a_i) z with
 

@@ -31,31 +31,37 @@ import torch
 
 from solvers.common import (coefficients, denoise_tweedie, finish, progress_bar, randn_like,
                             step_done, time_vector)
+from solvers.declared import Option, register_sampler
 from solvers.grids import invert_noise_level, resolve_grid
 
 
-def _grid(sde, steps, eps, grid, rho, grid_options, default_steps):
-    """(t, alpha, sigma) of the sampler's grid (`grids.resolve_grid`: a name or explicit times)."""
+def grid_coefficients(sde, steps, eps, grid, rho, grid_options):
+    """(t, alpha, sigma) of a sampler's grid (`grids.resolve_grid`: a name or explicit times)."""
     options = dict(grid_options or {})
     if rho is not None:
         options["rho"] = rho
-    t = resolve_grid(sde, grid, steps, eps, default_steps, **options)
+    t = resolve_grid(sde, grid, steps, eps, **options)
     alpha, sigma = coefficients(sde, t)
     return t, alpha, sigma
 
 
-def _log_snr_grid(sde, steps, eps, grid, rho, grid_options, default_steps):
+def log_snr_grid(sde, steps, eps, grid, rho, grid_options):
     """The multistep solvers' grid as lists (t, alpha, sigma, lambda = log(alpha / sigma)), from
     T to eps (default: the SDE's sampling eps)."""
     eps = sde.sampling_eps if eps is None else eps
-    t, alpha, sigma = _grid(sde, steps, eps, grid, rho, grid_options, default_steps)
+    t, alpha, sigma = grid_coefficients(sde, steps, eps, grid, rho, grid_options)
     lam = torch.log(alpha / sigma).tolist()
     return t.tolist(), alpha.tolist(), sigma.tolist(), lam
 
 
-def heun(score_fn, sde, x, *, steps=None, eps=None, denoise=True, grid="karras", rho=None,
-         grid_options=None, second_order=True, S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"),
-         S_noise=1.0, generator=None, progress=False, callback=None):
+@register_sampler("heun", steps=18, grid="karras", options=(
+    Option("second_order", bool, True, "Heun's correction (False: Euler steps)"),
+    Option("S_churn", float, 0.0, "EDM's churn (0: deterministic)"),
+    Option("S_tmin", float, 0.0, "lowest noise level s = sigma / alpha that churns"),
+    Option("S_tmax", float, float("inf"), "highest noise level that churns"),
+    Option("S_noise", float, 1.0, "scale of the churn's noise")))
+def heun(score_fn, sde, x, *, eps, denoise, generator, progress, callback, steps, grid, rho,
+         grid_options, second_order, S_churn, S_tmin, S_tmax, S_noise):
     """EDM's Heun sampler (Karras et al. 2022, Algorithms 1 and 2) for any linear SDE.
 
     `steps` intervals (default 18) of `grid` (default 'karras', rho = 7; or explicit times) from
@@ -69,7 +75,7 @@ def heun(score_fn, sde, x, *, steps=None, eps=None, denoise=True, grid="karras",
     by adding noise of std sqrt(s_hat^2 - s_i^2) S_noise to x_hat (from `generator`); the step
     then runs from s_hat. The same in (s, x_hat) for VE, VP and sub-VP."""
     eps = sde.sampling_eps if eps is None else eps
-    t, alpha, sigma = _grid(sde, steps, eps, grid, rho, grid_options, 18)
+    t, alpha, sigma = grid_coefficients(sde, steps, eps, grid, rho, grid_options)
     steps = len(t) - 1
     s = (sigma / alpha).tolist()
     t, alpha, sigma = t.tolist(), alpha.tolist(), sigma.tolist()
@@ -98,8 +104,6 @@ def heun(score_fn, sde, x, *, steps=None, eps=None, denoise=True, grid="karras",
         bar.update()
     return finish(score_fn, sde, alpha[-1] * x_hat, t[-1], denoise, bar)
 
-
-heun.default_steps = 18
 
 
 def _churn_rule(sde, steps, S_churn, S_tmin, S_tmax, S_noise):
@@ -139,9 +143,11 @@ def _at(sde, t):
     return alpha.item(), sigma.item()
 
 
-def dpm_solver_pp(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order=2,
-                  grid="logsnr", rho=None, grid_options=None, lower_order_final=True,
-                  generator=None, progress=False, callback=None):
+@register_sampler("dpm_solver++", steps=20, grid="logsnr", options=(
+    Option("order", int, 2, "the multistep order (3: DPM-Solver++(3M))", choices=(1, 2, 3)),
+    Option("lower_order_final", bool, True, "lower orders at the last steps when steps < 15")))
+def dpm_solver_pp(score_fn, sde, x, *, eps, denoise, generator, progress, callback, steps, grid,
+                  rho, grid_options, order, lower_order_final):
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) and its third-order multistep variant
     (3M, as in the reference implementation) for any linear SDE, on `steps` intervals (default
     20) of `grid` (default 'logsnr'; or explicit times).
@@ -157,9 +163,7 @@ def dpm_solver_pp(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order
     The first steps use the orders their history allows; with `lower_order_final` and
     steps < 15 the last step is first order (and, for order 3, the one before second order),
     as in the reference implementation."""
-    if order not in (1, 2, 3):
-        raise ValueError(f"dpm_solver++ order must be 1, 2 or 3, got {order!r}")
-    t, alpha, sigma, lam = _log_snr_grid(sde, steps, eps, grid, rho, grid_options, 20)
+    t, alpha, sigma, lam = log_snr_grid(sde, steps, eps, grid, rho, grid_options)
     steps = len(t) - 1
 
     bar = progress_bar(steps, progress, desc="dpm_solver++")
@@ -192,5 +196,3 @@ def dpm_solver_pp(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order
         step_done(i, t[i + 1], x, callback, bar)
     return finish(score_fn, sde, x, t[-1], denoise, bar)
 
-
-dpm_solver_pp.default_steps = 20

@@ -111,15 +111,29 @@ def logsnr(sde, steps, eps):
     return _pin(invert_noise_level(sde, torch.exp(-lam), lo=eps), sde, eps)
 
 
-def resolve_grid(sde, grid, steps, eps, default_steps, **options):
+def time_grid(text):
+    """A grid's name, or comma-separated times (largest first) as a float64 tensor: a grid as
+    text (the command line's --grid)."""
+    if text in GRIDS:
+        return text
+    try:
+        times = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"not a grid name ({', '.join(GRIDS.names())}) nor comma-separated "
+                         f"times: {text!r}") from None
+    if len(times) < 2:
+        raise ValueError(f"an explicit grid needs at least 2 times, got {text!r}")
+    return torch.tensor(times, dtype=torch.float64)
+
+
+def resolve_grid(sde, grid, steps, eps, **options):
     """The sampler's times as a float64 CPU tensor [n + 1], largest first.
 
-    grid: a name in GRIDS (called with `steps`, default `default_steps`, eps and `options`) or an
-    explicit 1-D sequence of times: finite, strictly decreasing, within [eps, T], at least two;
-    it sets the number of steps (a `steps` that disagrees, or grid options, are an error). The
-    sampler starts from x at its first time and ends at its last."""
+    grid: a name in GRIDS (called with `steps`, eps and `options`) or an explicit 1-D sequence
+    of times: finite, strictly decreasing, within [eps, T], at least two; it sets the number of
+    steps (a `steps` that disagrees, or grid options, are an error). The sampler starts from x at
+    its first time and ends at its last."""
     if isinstance(grid, str) or callable(grid):
-        steps = default_steps if steps is None else steps
         fn = get_grid(grid)
         try:
             return fn(sde, steps, eps, **options)
@@ -127,7 +141,8 @@ def resolve_grid(sde, grid, steps, eps, default_steps, **options):
             raise ValueError(f"time grid {grid!r} does not take options {sorted(options)}: "
                              f"{e}") from None
     try:
-        t = torch.as_tensor(grid).detach().to(device="cpu", dtype=torch.float64)
+        t = (grid.detach() if torch.is_tensor(grid) else
+             torch.as_tensor(grid, dtype=torch.float64)).to(device="cpu", dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"grid must be a grid's name ({', '.join(GRIDS.names())}) or a 1-D "
                          f"tensor of times, got {type(grid).__name__}") from None

@@ -1,35 +1,17 @@
-"""The probability-flow ODE (Song et al. 2021, Sec. 4.3, Eq. 13),
-
-    dx/dt = f(x, t) - 1/2 g(t)^2 score(x, t),
-
-solved with an adaptive Runge-Kutta method: sampling (T -> eps), `encode` (data x(eps) ->
-latent x(T)) and `decode` (latent -> data).
-
-Solvers: any torchdiffeq method (default 'dopri5', the Dormand-Prince 5(4) pair of SciPy's
-RK45), which runs on the tensor's own device with no NumPy round trips; or 'scipy_<METHOD>'
-(e.g. 'scipy_RK45', the original's solver) which flattens the state to a float64 NumPy vector
-and calls scipy.integrate.solve_ivp, for parity with the original. Both control the error of the
-whole batch as one vector (RMS norm), like the original. Tolerances default to the original's
-rtol = atol = 1e-5.
+"""Sampling with the probability-flow ODE (Song et al. 2021, Sec. 4.3, Eq. 13): the ODE sampler
+(T -> eps), `encode` (data x(eps) -> latent x(T)) and `decode` (latent -> data), through the one
+integrator of solvers/flow.py (torchdiffeq's methods, default 'dopri5', or 'scipy_<METHOD>' for
+parity with the original). The solver controls the error of the whole batch as one vector (RMS
+norm), like the original. Tolerances default to the original's rtol = atol = 1e-5.
 """
 
 import torch
 
 from sde_lib import expand_to
 from solvers.common import CountingScore, nonfinite_rows, progress_bar, time_vector
+from solvers.declared import Option, positive_float, register_sampler
+from solvers.flow import probability_flow_drift, solve
 from solvers.result import EncodeResult, SampleResult
-
-_SCIPY_PREFIX = "scipy_"
-
-
-def probability_flow_drift(score_fn, sde):
-    """The drift of Eq. (13) as a function (x, t) -> dx/dt, t a [B] tensor."""
-    rsde = sde.reverse(score_fn, probability_flow=True)
-
-    def drift(x, t):
-        return rsde.sde(x, t)[0]
-
-    return drift
 
 
 def integrate(score_fn, sde, x, t_start, t_end, *, rtol=1e-5, atol=1e-5, method="dopri5",
@@ -45,12 +27,9 @@ def integrate(score_fn, sde, x, t_start, t_end, *, rtol=1e-5, atol=1e-5, method=
     bar = progress_bar(None, progress, desc="ode")
     count = [0]
     bad = [None]   # [B] bool: samples set aside
-    lo, hi = sorted((float(t_start), float(t_end)))
 
-    def f(x, t):
-        # The solver's steps stay in [lo, hi]; only a trial evaluation that picks the first
-        # step size could fall outside, and it is clamped.
-        vec_t = time_vector(min(max(float(t), lo), hi), x)
+    def f(t, x):
+        vec_t = time_vector(float(t), x)
         if callback is not None:
             callback(count[0], vec_t, x, x)
         count[0] += 1
@@ -64,62 +43,13 @@ def integrate(score_fn, sde, x, t_start, t_end, *, rtol=1e-5, atol=1e-5, method=
         return d
 
     try:
-        if isinstance(method, str) and method.startswith(_SCIPY_PREFIX):
-            out = _integrate_scipy(f, x, t_start, t_end, rtol, atol,
-                                   method[len(_SCIPY_PREFIX):], ode_options)
-        else:
-            out = _integrate_torchdiffeq(f, x, t_start, t_end, rtol, atol, method, ode_options)
+        out = solve(f, x, t_start, t_end, rtol=rtol, atol=atol, method=method,
+                    options=ode_options)
     finally:
         bar.close()
     if bad[0] is not None:
         out = torch.where(expand_to(bad[0], out), torch.full_like(out, float("nan")), out)
     return out
-
-
-def _integrate_torchdiffeq(f, x, t_start, t_end, rtol, atol, method, options):
-    import torchdiffeq
-    from torchdiffeq._impl.odeint import SOLVERS
-
-    if method not in SOLVERS:
-        raise ValueError(f"unknown ODE method {method!r}; known: torchdiffeq's "
-                         f"{', '.join(sorted(SOLVERS))}, or 'scipy_<method>' of "
-                         f"scipy.integrate.solve_ivp (e.g. 'scipy_RK45')")
-    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
-
-    t = torch.tensor([float(t_start), float(t_end)], dtype=torch.float64, device=x.device)
-    options = dict(options or {})
-    if issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver) and "step_t" not in options:
-        # torchdiffeq steps past the end and interpolates back; the score is not defined
-        # beyond [0, T], so make the last step end exactly at t_end.
-        options["step_t"] = t[1:]
-    sol = torchdiffeq.odeint(lambda s, y: f(y, s), x, t, rtol=rtol, atol=atol, method=method,
-                             options=options)
-    return sol[-1]
-
-
-def _integrate_scipy(f, x, t_start, t_end, rtol, atol, method, options):
-    """The original's solver: solve_ivp on the flattened float64 state; the score runs in the
-    tensor's dtype on its device."""
-    import numpy as np
-    from scipy import integrate as scipy_integrate
-
-    shape, device, dtype = x.shape, x.device, x.dtype
-
-    def rhs(t, y):
-        xt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
-        return f(xt, t).detach().cpu().numpy().reshape(-1).astype(np.float64)
-
-    y0 = x.detach().cpu().numpy().reshape(-1).astype(np.float64)
-    try:
-        sol = scipy_integrate.solve_ivp(rhs, (float(t_start), float(t_end)), y0, rtol=rtol,
-                                        atol=atol, method=method, **(options or {}))
-    except ValueError as e:
-        if "method" in str(e).lower():
-            raise ValueError(f"unknown ODE method 'scipy_{method}': {e}") from None
-        raise
-    if not sol.success:
-        raise RuntimeError(f"scipy solve_ivp ({method}) failed: {sol.message}")
-    return torch.from_numpy(sol.y[:, -1]).reshape(shape).to(device=device, dtype=dtype)
 
 
 def denoise_step(score_fn, sde, x, eps):
@@ -129,9 +59,13 @@ def denoise_step(score_fn, sde, x, eps):
     return x - f
 
 
-def ode_sampler(score_fn, sde, x, *, eps=None, denoise=True, rtol=1e-5, atol=1e-5,
-                method="dopri5", ode_options=None, generator=None, progress=False,
-                callback=None):
+@register_sampler("ode", options=(
+    Option("rtol", positive_float, 1e-5, "relative tolerance of the adaptive ODE solver"),
+    Option("atol", positive_float, 1e-5, "absolute tolerance of the adaptive ODE solver"),
+    Option("method", str, "dopri5", "torchdiffeq method, or scipy_<method> of solve_ivp"),
+    Option("ode_options", None, None, "the method's own options (a dict)")))
+def ode_sampler(score_fn, sde, x, *, eps, denoise, generator, progress, callback, rtol, atol,
+                method, ode_options):
     """Solve the probability-flow ODE from x = x(T) to t = eps; with `denoise`, finish with
     one noise-free reverse-diffusion step at eps (counted in the NFE here; the original's count,
     solve_ivp's nfev, left it out). Deterministic: `generator` is unused."""

@@ -1,19 +1,29 @@
 """The predictor-corrector sampler (Song et al. 2021, Sec. 4.2, Algorithm 1)."""
 
-import inspect
-
 import torch
 
 from solvers.common import finite_positive, progress_bar, time_vector, with_steps
-from solvers.correctors import get_corrector
-from solvers.predictors import get_predictor
+from solvers.correctors import CORRECTORS, get_corrector
+from solvers.declared import (SDE_N, Option, check_declared, count, positive_float,
+                              register_sampler)
+from solvers.predictors import PREDICTORS, get_predictor
 
 
-def pc_sampler(score_fn, sde, x, *, predictor="reverse_diffusion", corrector="langevin",
-               steps=None, snr=0.16, n_corrector_steps=1, eps=None, denoise=True,
-               probability_flow=False, corrector_first=True, predictor_options=None,
-               corrector_options=None, project=None, callback=None, generator=None,
-               progress=False):
+@register_sampler("pc", steps=SDE_N, options=(
+    Option("predictor", str, "reverse_diffusion", "PC predictor", choices=PREDICTORS, flag=True),
+    Option("corrector", str, "langevin", "PC corrector", choices=CORRECTORS, flag=True),
+    Option("snr", positive_float, 0.16, "signal-to-noise ratio of the Langevin corrector's step",
+           flag=True),
+    Option("n_corrector_steps", count, 1, "corrector steps per noise level", flag=True),
+    Option("probability_flow", bool, False, "predictor steps of the probability-flow ODE"),
+    Option("corrector_first", bool, True, "corrector before predictor (the original's order)"),
+    Option("predictor_options", None, None, "the predictor's own options (a dict)"),
+    Option("corrector_options", None, None, "the corrector's own options (a dict)"),
+    Option("project", None, None, "project(x, x_mean, t) -> (x, x_mean) after every update",
+           hook=True)))
+def pc_sampler(score_fn, sde, x, *, eps, denoise, generator, progress, callback, steps,
+               predictor, corrector, snr, n_corrector_steps, probability_flow, corrector_first,
+               predictor_options, corrector_options, project):
     """Run the PC sampler from x = x(T) (a prior draw) down to t = eps.
 
     Times: t_i = linspace(T, eps, N), N = `steps` (default sde.N); the discretised predictors
@@ -30,7 +40,6 @@ def pc_sampler(score_fn, sde, x, *, predictor="reverse_diffusion", corrector="la
     Returns the final x; score evaluations: N (n_corrector_steps + 1) for a predictor and
     corrector that each evaluate the score once per step (the original's count).
     """
-    steps = sde.N if steps is None else steps
     if isinstance(steps, bool) or int(steps) != steps or steps < 2:
         raise ValueError(f"the PC sampler needs steps >= 2 (its times are linspace(T, eps, "
                          f"steps), so one step would stay at T and return the prior draw), got "
@@ -38,14 +47,15 @@ def pc_sampler(score_fn, sde, x, *, predictor="reverse_diffusion", corrector="la
     steps = int(steps)
     if not finite_positive(snr):
         raise ValueError(f"snr must be a finite positive number, got {snr!r}")
+    if (isinstance(n_corrector_steps, bool) or int(n_corrector_steps) != n_corrector_steps
+            or n_corrector_steps < 0):
+        raise ValueError(f"n_corrector_steps must be a non-negative integer, "
+                         f"got {n_corrector_steps!r}")
+    n_corrector_steps = int(n_corrector_steps)
     predict = get_predictor(predictor)
     correct = get_corrector(corrector)
-    predictor_options = _check_options(predict, predictor_options, "predictor", predictor,
-                                       ("score_fn", "sde", "x", "t", "probability_flow",
-                                        "generator"))
-    corrector_options = _check_options(correct, corrector_options, "corrector", corrector,
-                                       ("score_fn", "sde", "x", "t", "snr", "n_steps", "eps",
-                                        "generator"))
+    predictor_options = check_declared(predict, predictor_options, "predictor")
+    corrector_options = check_declared(correct, corrector_options, "corrector")
     sde_n = with_steps(sde, steps)
     betas = getattr(sde_n, "discrete_betas", None)
     if betas is not None and float(betas.max()) >= 1:
@@ -81,20 +91,3 @@ def pc_sampler(score_fn, sde, x, *, predictor="reverse_diffusion", corrector="la
     bar.close()
     return x_mean if denoise else x
 
-
-def _check_options(fn, options, kind, name, reserved):
-    """The options of a predictor/corrector, with a clear error for ones it does not take."""
-    options = dict(options or {})
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return options
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return options
-    own = sorted(k for k in params if k not in reserved)
-    unknown = sorted(k for k in options if k not in own)
-    if unknown:
-        label = name if isinstance(name, str) else getattr(fn, "__name__", repr(fn))
-        raise ValueError(f"{kind} {label!r} does not take {', '.join(unknown)}; its options: "
-                         f"{', '.join(own) or '(none)'}")
-    return options

@@ -30,7 +30,8 @@ import torch
 from sde_lib import expand_to
 from solvers.common import (coefficients, denoise_tweedie, finish, progress_bar, step_done,
                             time_vector)
-from solvers.fast import _log_snr_grid
+from solvers.declared import Option, register_sampler
+from solvers.fast import log_snr_grid
 
 VARIANTS = ("bh1", "bh2")
 
@@ -78,9 +79,16 @@ def gaussian_denoiser(sde, mean=0.0, variance=1.0):
     return denoiser
 
 
-def unipc(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order=3, variant="bh2",
-          use_corrector=True, grid="logsnr", rho=None, grid_options=None, lower_order_final=True,
-          analytic_first=None, generator=None, progress=False, callback=None):
+@register_sampler("unipc", steps=10, grid="logsnr", options=(
+    Option("order", int, 3, "the predictor's order p (the corrector's is p + 1)",
+           choices=(1, 2, 3)),
+    Option("variant", str, "bh2", "B(h): bh1 = h, bh2 = e^h - 1", choices=VARIANTS),
+    Option("use_corrector", bool, True, "UniC after each UniP step (False: UniP alone)"),
+    Option("lower_order_final", bool, True, "lower orders at the last steps when steps < 10"),
+    Option("analytic_first", None, None, "(mean, variance) of the data: a Gaussian first step "
+           "that saves one evaluation")))
+def unipc(score_fn, sde, x, *, eps, denoise, generator, progress, callback, steps, grid, rho,
+          grid_options, order, variant, use_corrector, lower_order_final, analytic_first):
     """UniPC in data prediction (Zhao et al. 2023) for any linear SDE.
 
     steps: intervals (default 10) of `grid` (default 'logsnr'; a grid name or explicit times).
@@ -93,11 +101,7 @@ def unipc(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order=3, vari
       shape for the mean): the first D(x(T), T) is taken from the Gaussian with these moments
       (`gaussian_denoiser`) instead of the score, saving one evaluation.
     NFE = steps (+1 with `denoise`, -1 with `analytic_first`)."""
-    if order not in (1, 2, 3):
-        raise ValueError(f"unipc order must be 1, 2 or 3, got {order!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"unipc variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    t, alpha, sigma, lam = _log_snr_grid(sde, steps, eps, grid, rho, grid_options, 10)
+    t, alpha, sigma, lam = log_snr_grid(sde, steps, eps, grid, rho, grid_options)
     steps = len(t) - 1
 
     if analytic_first is None:
@@ -137,5 +141,3 @@ def unipc(score_fn, sde, x, *, steps=None, eps=None, denoise=True, order=3, vari
         step_done(i, t[i + 1], x, callback, bar)
     return finish(score_fn, sde, x, t[-1], denoise, bar)
 
-
-unipc.default_steps = 10

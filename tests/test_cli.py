@@ -109,7 +109,10 @@ def test_bad_flag_values_are_refused_by_the_parser(capsys):
     for argv in (["sample", "--sampler", "foo"], ["sample", "--steps", "0"],
                  ["sample", "--snr", "inf"], ["sample", "--snr", "-1"], ["sample", "-n", "0"],
                  ["likelihood", "--num-images", "0"], ["likelihood", "--num_images", "-3"],
-                 ["likelihood", "--batch", "0"], ["inpaint", "--mask", "circle"]):
+                 ["likelihood", "--batch", "0"], ["inpaint", "--mask", "circle"],
+                 ["sample", "--sampler-option", "variant=bh3"],
+                 ["sample", "--sampler-option", "no_such_option=1"],
+                 ["sample", "--sampler-option", "order"]):
         with pytest.raises(SystemExit) as e:
             cli(argv)
         assert e.value.code == 2
@@ -218,7 +221,8 @@ def test_rerun_with_another_sampler_keeps_the_first_outputs(trained, capsys):
     assert summary["train"]["steps_this_run"] == 0
     before = json.loads(first)["train"]["seconds_total"]  # not the 0 s of this run alone
     assert before <= summary["train"]["seconds_total"] < before + 2
-    assert set(summary["sample"]["options"]) <= {"sampler", "denoise", "eps"}  # no PC options
+    used = summary["sample"]["options"]   # the ODE sampler's options, and no PC ones
+    assert set(used) == {"sampler", "denoise", "eps", "rtol", "atol", "method", "ode_options"}
     assert "0 in this run" in out
 
 
@@ -356,6 +360,8 @@ def test_sampler_options_follow_the_sampler():
     assert sampling_options(c)["steps"] == 7 and sampling_options(c)["sampler"] == "pc"
     ode = sampling_options(c, sampler="ode")  # the adaptive ODE solver takes no step count
     assert ode["sampler"] == "ode" and "steps" not in ode
+    assert not {"predictor", "corrector", "snr", "n_corrector_steps"} & set(ode)
+    assert sampling_options(c, sampler="ode", snr=0.3)["snr"] == 0.3   # given: passed on
     assert sampling_options(c, sampler="heun", steps=3)["steps"] == 3
 
 
@@ -430,7 +436,52 @@ def test_grid_flag_takes_a_name_or_explicit_times(trained, tmp_path, capsys):
     # checked before any sampling: a sampler without a grid or a step count
     assert cli(["sample", "--workdir", str(trained), "--sampler", "pc", "--grid", "karras",
                 "--no-progress"]) == 1
-    assert "takes no --grid" in only_error_line(capsys.readouterr().err)
+    assert "sampler 'pc' does not take grid; its options: steps, predictor" in only_error_line(
+        capsys.readouterr().err)
     assert cli(["sample", "--workdir", str(trained), "--sampler", "ode", "--steps", "5",
                 "--no-progress"]) == 1
-    assert "takes no --steps" in only_error_line(capsys.readouterr().err)
+    assert "sampler 'ode' does not take steps" in only_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sampler", "ode", "--snr", "0.2"], "sampler 'ode' does not take snr; its options: rtol, "
+                                           "atol, method, ode_options"),
+    (["--sampler", "heun", "--predictor", "euler_maruyama"], "sampler 'heun' does not take "
+                                                            "predictor; its options: steps, grid"),
+    (["--sampler", "ode", "--snr", "0.16"], "sampler 'ode' does not take snr"),
+    (["--sampler", "pc", "--sampler-option", "order=2"], "sampler 'pc' does not take order"),
+])
+def test_an_option_the_sampler_does_not_take_is_one_error_line(trained, argv, message, capsys):
+    """Every sampler follows one rule: an option given on the command line that it does not
+    take (or a value it does not allow) stops the command before any sampling."""
+    assert cli(["sample", "--workdir", str(trained), *argv, "-n", "2", "--no-progress"]) == 1
+    assert message in only_error_line(capsys.readouterr().err)
+
+
+def test_recorded_options_reproduce_the_images_bit_for_bit(trained, tmp_path):
+    """`sample --sampler heun` records every option it used, steps and grid included; drawing
+    again with exactly those options gives the same images."""
+    from networks import load_checkpoint, read_checkpoint
+    from networks.checkpoint import stored_config
+    from sde_lib import get_sde
+    from training.checkpoints import latest_checkpoint
+    from training.images import to_uint8
+    from training.sampling import draw_samples
+
+    assert cli(["sample", "--workdir", str(trained), "--sampler", "heun", "--sampler-option",
+                "S_churn=1.5", "-n", "3", "--out", str(tmp_path), "--stem", "h",
+                "--no-progress"]) == 0
+    info = json.loads((tmp_path / "h.json").read_text())
+    used = info["options"]
+    assert used["steps"] == 25   # --quick's config.sampling.steps
+    assert used["grid"] == "karras" and used["S_churn"] == 1.5
+    assert used["sampler"] == "heun" and used["second_order"] is True and "eps" in used
+    path = latest_checkpoint(str(trained))
+    config = stored_config(read_checkpoint(path))
+    model = load_checkpoint(path, config, ema=True, map_location="cpu").eval()
+    g = torch.Generator().manual_seed(info["seed"])
+    images, nfe, again = draw_samples(model, get_sde(config), config, 3, generator=g,
+                                      device="cpu", **used)
+    with np.load(tmp_path / "h.npz") as z:
+        assert np.array_equal(z["samples"], to_uint8(images))
+    assert again == used and nfe == info["nfe"]

@@ -287,33 +287,3 @@ def test_churn_changes_the_path_only_inside_its_window(gaussian8):
         run(S_churn=-1.0)
     with pytest.raises(ValueError, match="S_tmax"):
         run(S_churn=1.0, S_tmin=2.0, S_tmax=1.0)
-
-
-# ----------------------------------------------------------------------------- old samplers
-
-# Outputs of the samplers as they were before issue 15 (commit 0c52a5c), for a 2-component
-# mixture in 2-D, 3 samples, generator seed 5, default eps and denoising; made with
-# `solvers.sample(dist.marginal(sde).score, sde, (3, 2), generator=torch.Generator()
-# .manual_seed(5), **kwargs).samples` and rounded to 6 decimals.
-BEFORE = {tuple(k.split("/")): v for k, v in json.loads(
-    (Path(__file__).parent / "data" / "samplers_before_issue15.json").read_text()).items()}
-CASES = {"pc": dict(sampler="pc", steps=30),
-         "heun": dict(sampler="heun", steps=4),
-         "euler": dict(sampler="heun", steps=4, second_order=False),
-         "dpm1": dict(sampler="dpm_solver++", steps=5, order=1),
-         "dpm2": dict(sampler="dpm_solver++", steps=5),
-         "dpm3": dict(sampler="dpm_solver++", steps=5, order=3),
-         "dpm3_16": dict(sampler="dpm_solver++", steps=16, order=3, grid="karras")}
-
-
-@pytest.mark.parametrize("sde_name,sde_cls", [("ve", VESDE), ("vp", VPSDE), ("subvp", subVPSDE)])
-def test_existing_samplers_keep_their_outputs(sde_name, sde_cls):
-    dist = oracle.gaussian_mixture(torch.tensor([[2.0, 0.0], [-1.0, 1.5]]),
-                                   torch.tensor([0.2, 0.1]), torch.tensor([1.0, 2.0]))
-    sde = sde_cls()
-    score = dist.marginal(sde).score
-    for label, kwargs in CASES.items():
-        x = solvers.sample(score, sde, (3, 2), generator=torch.Generator().manual_seed(5),
-                           **kwargs).samples
-        expected = torch.tensor(BEFORE[(sde_name, label)]).reshape(3, 2)
-        torch.testing.assert_close(x, expected, rtol=0, atol=2e-6, msg=f"{sde_name} {label}")

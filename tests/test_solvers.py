@@ -1,6 +1,7 @@
 """solvers: the API, seeding, batch splitting, hooks, registries, NFE counts and bad input."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -172,7 +173,8 @@ def test_project_and_callback_hooks(dist):
 
 
 def test_hooks_see_their_rows_under_batch_splitting(dist):
-    """An inpainting-style projection indexes per-sample data with the `rows` it is given."""
+    """An inpainting-style projection marked `with_rows` indexes per-sample data with the `rows`
+    it is given."""
     sde = VESDE(N=10)
     target = torch.arange(7, dtype=torch.float32)
     seen = []
@@ -184,8 +186,8 @@ def test_hooks_see_their_rows_under_batch_splitting(dist):
         x_mean[:, 0] = target[rows]
         return x, x_mean
 
-    res = solvers.sample(dist.marginal(sde).score, sde, (7, 4), batch_size=3, project=project,
-                         generator=seeded())
+    res = solvers.sample(dist.marginal(sde).score, sde, (7, 4), batch_size=3,
+                         project=solvers.with_rows(project), generator=seeded())
     assert torch.equal(res.samples[:, 0], target)
     assert sorted(set(seen)) == [(0, 3), (3, 6), (6, 7)]
 
@@ -229,12 +231,33 @@ def test_register_a_sampler(dist):
         solvers.SAMPLERS._items.pop("_test_zero", None)
 
 
-def test_pc_options_are_ignored_by_other_samplers(dist):
-    """A config's PC settings (predictor, snr, ...) do not stop sampler='ode'."""
+@pytest.mark.parametrize("sampler", ["ode", "heun", "dpm_solver++", "unipc", "adaptive"])
+@pytest.mark.parametrize("option,value", [("predictor", "euler_maruyama"),
+                                          ("corrector", "none"), ("snr", 0.2),
+                                          ("n_corrector_steps", 3)])
+def test_pc_arguments_given_to_another_sampler_are_an_error(dist, sampler, option, value):
+    """sample()'s PC arguments keep their defaults in its signature; one given another value
+    is an error for a sampler that does not take it, naming the sampler and its options."""
     sde = VPSDE()
-    res = solvers.sample(dist.marginal(sde).score, sde, (3, 4), sampler="ode",
-                         predictor="ancestral_sampling", snr=0.2, n_corrector_steps=3)
-    assert res.samples.shape == (3, 4)
+    score = Counter(dist.marginal(sde).score)
+    options = ", ".join(solvers.get_sampler(sampler).options)
+    with pytest.raises(ValueError, match=rf"sampler '{re.escape(sampler)}' does not take "
+                                         rf"{option}; its options: {re.escape(options)}$"):
+        solvers.sample(score, sde, (3, 4), sampler=sampler, **{option: value})
+    assert score.calls == 0
+
+
+def test_pc_arguments_at_their_defaults_do_not_stop_another_sampler(dist):
+    """Passing the PC arguments at their defaults (as a caller forwarding them does) runs the ODE
+    sampler as if they were left out."""
+    sde = VPSDE()
+    score = dist.marginal(sde).score
+    plain = solvers.sample(score, sde, (3, 4), sampler="ode", generator=seeded())
+    res = solvers.sample(score, sde, (3, 4), sampler="ode", predictor="reverse_diffusion",
+                         corrector="langevin", snr=0.16, n_corrector_steps=1,
+                         generator=seeded())
+    assert torch.equal(res.samples, plain.samples)
+    assert "predictor" not in res.info["options"]
 
 
 def test_grids_run_from_T_to_eps():
@@ -307,11 +330,13 @@ def test_bad_values(dist):
     with pytest.raises(ValueError, match=r"corrector 'langevin' does not take step_lr; its "
                                          r"options: norm"):
         solvers.sample(score, sde, (2, 4), steps=30, corrector_options={"step_lr": 1e-5})
-    with pytest.raises(ValueError, match="langevin norm"):
+    with pytest.raises(ValueError, match="corrector 'langevin': norm must be one of batch, "
+                                         "sample, got 'x'"):
         solvers.sample(score, sde, (2, 4), steps=30, corrector_options={"norm": "x"})
     with pytest.raises(ValueError, match="error_norm"):
         solvers.sample(score, sde, (2, 4), sampler="adaptive", error_norm="x")
-    with pytest.raises(ValueError, match="order must be 1, 2 or 3"):
+    with pytest.raises(ValueError, match="sampler 'dpm_solver\\+\\+': order must be one of "
+                                         "1, 2, 3, got 4"):
         solvers.sample(score, sde, (2, 4), sampler="dpm_solver++", order=4)
 
 
