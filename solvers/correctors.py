@@ -7,7 +7,8 @@ Interface (register a new one with `@register_corrector("name", options=(Option(
 
 `sde` has N equal to the number of sampler steps, `eps` is the sampler's last time (the
 smallest noise level visited), `options` are the corrector's own declared options (passed as
-`corrector_options=` to `solvers.sample`; `solvers.declared`). `x_mean` is the state before the last step's noise.
+`corrector_options=` to `solvers.sample`; `solvers.declared`). `x_mean` is the state before the
+last step's noise.
 """
 
 import math

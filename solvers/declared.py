@@ -69,11 +69,12 @@ def positive_float(text):
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """One option: name, type (int, float, str or bool: the command line can set it, parsing its
-    text with `parse`; None: a Python value only, such as a dict or a hook), default, one-line
-    help, allowed values (`choices`: a tuple or a name registry), `flag`: the command line has a
-    flag of its own for it (--name), else it is set with --sampler-option NAME=VALUE;
-    `hook`: a function called during sampling (never recorded)."""
+    """One option: name; type (a parser of its command-line text: str, bool, float, or one of
+    positive_int, count, positive_float, grids.time_grid; None: a Python value only, such as a
+    dict or a hook); default; one-line help; allowed values (`choices`: a tuple or a name
+    registry); `flag`: the command line has a flag of its own for it (--name), else it is set
+    with --sampler-option NAME=VALUE; `hook`: a function called during sampling (never
+    recorded)."""
 
     name: str
     type: type
@@ -87,7 +88,10 @@ class Option:
         """The value of the command-line text `text`."""
         if self.type is None:
             raise ValueError(f"option {self.name} cannot be set from the command line")
-        value = parse_bool(text) if self.type is bool else self.type(text)
+        try:
+            value = parse_bool(text) if self.type is bool else self.type(text)
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from None
         self.check(value, "the command line")
         return value
 
@@ -101,11 +105,6 @@ class Option:
             raise ValueError(f"{owner}: {self.name} must be one of "
                              f"{', '.join(map(str, self.choices))}, got {value!r}")
         return value
-
-    def describe(self):
-        """'name (type, default D): help' for help texts."""
-        kind = self.type.__name__ if self.type is not None else "Python value"
-        return f"{self.name} ({kind}, default {self.default!r}): {self.help}"
 
 
 def recordable(value):
@@ -190,14 +189,14 @@ class Sampler(Declared):
     def __init__(self, name, fn, options=(), steps=None, grid=None):
         implied = []
         if steps is not None:
-            implied.append(Option("steps", positive_int, None, "number of steps (default: the sampler's own)",
-                                  flag=True))
+            implied.append(Option("steps", positive_int, None,
+                                  "number of steps (default: the sampler's own)", flag=True))
         if grid is not None:
             implied += [
                 Option("grid", time_grid, grid, "time grid: a grid's name, or explicit times, "
                        "largest first, which then set the steps", choices=GRIDS, flag=True),
-                Option("rho", float, None, "rho of the karras grids (None: the grid's own, 7 "
-                       "for karras, 2 for karras_t)"),
+                Option("rho", positive_float, None, "rho of the karras grids (None: the grid's "
+                       "own, 7 for karras, 2 for karras_t)"),
                 Option("grid_options", None, None, "other options of a named grid (a dict)")]
         super().__init__("sampler", name, fn, tuple(implied) + tuple(options))
         self.default_steps, self.default_grid = steps, grid

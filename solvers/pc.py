@@ -12,8 +12,8 @@ from solvers.predictors import PREDICTORS, get_predictor
 @register_sampler("pc", steps=SDE_N, options=(
     Option("predictor", str, "reverse_diffusion", "PC predictor", choices=PREDICTORS, flag=True),
     Option("corrector", str, "langevin", "PC corrector", choices=CORRECTORS, flag=True),
-    Option("snr", positive_float, 0.16, "signal-to-noise ratio of the Langevin corrector's step",
-           flag=True),
+    Option("snr", positive_float, 0.16, "signal-to-noise ratio of the Langevin corrector's "
+           "step", flag=True),
     Option("n_corrector_steps", count, 1, "corrector steps per noise level", flag=True),
     Option("probability_flow", bool, False, "predictor steps of the probability-flow ODE"),
     Option("corrector_first", bool, True, "corrector before predictor (the original's order)"),

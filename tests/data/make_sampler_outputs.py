@@ -95,10 +95,10 @@ def main(out=DEFAULT_OUT):
                 "nfe": int(res.nfe)}
         for label, kwargs in LIKELIHOOD_CASES.items():
             res = run_likelihood(sde_name, kwargs)
+            ln2 = torch.log(torch.tensor(2.0, dtype=res.logp.dtype))
             record["likelihood"][f"{sde_name}/{label}"] = {
                 "kwargs": kwargs, "logp": res.logp.double().tolist(),
-                "bits_per_dim": (-res.logp / (2 * torch.log(torch.tensor(2.0, dtype=res.logp.dtype)))
-                                 ).double().tolist(),
+                "bits_per_dim": (-res.logp / (SHAPE[1] * ln2)).double().tolist(),
                 "nfe": int(res.nfe)}
     write_text(out, json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
