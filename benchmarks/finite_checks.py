@@ -36,15 +36,15 @@ import solvers
 from sde_lib import VPSDE, oracle
 
 # the modules (solvers.adaptive, as an attribute, is the sampler function of that name)
-common, correctors, ode, adaptive, sampling = (
+evaluations, correctors, ode, adaptive, sampling = (
     importlib.import_module(f"solvers.{m}")
-    for m in ("common", "correctors", "ode", "adaptive", "sampling"))
+    for m in ("evaluations", "correctors", "ode", "adaptive", "sampling"))
 
 
 @contextlib.contextmanager
 def checks_off():
     """Every non-finite check of the samplers replaced by a no-op."""
-    patches = [(common.CountingScore, "check", lambda self, out, t: None),
+    patches = [(evaluations.CountingScore, "check", lambda self, out, t: None),
                (correctors, "_finite_mean", lambda v: v.mean()),
                (ode, "nonfinite_rows", lambda x: None),
                (adaptive, "nonfinite_rows", lambda x: None),
@@ -91,7 +91,7 @@ def per_evaluation(score, sde, shape, device, repeats=200):
     g = torch.Generator().manual_seed(2)
     x = sde.prior_sampling(shape, generator=g).to(device)
     t = torch.full((shape[0],), 0.5, device=device)
-    counted = common.CountingScore(score)
+    counted = evaluations.CountingScore(score)
     with torch.no_grad():
         out = score(x, t)
         evals, checks = [], []

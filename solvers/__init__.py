@@ -12,15 +12,17 @@ Predictors, correctors, samplers and time grids live in name registries
 corrector is declared with its options (`Option`: type, default, help) once, in `declared`.
 Modules: predictors, correctors, pc, ode, flow (the probability-flow ODE and its one
 integrator), fast (heun, dpm_solver++), unipc, adaptive, grids, fitted_grid (fit_grid: a time
-grid fitted to a model), declared, sampling.
+grid fitted to a model), declared, sampling; shared by them: common (the (alpha, sigma) form of
+an SDE, Tweedie's denoiser), noise (seeded draws), evaluations (NFE counting, NaN/inf checks),
+progress (bars), shapes (time vectors, batch chunks, shape probes).
 """
 
 from solvers.adaptive import adaptive
 from solvers.annealed import annealed_inpaint, annealed_langevin, annealed_levels, from_advice
-from solvers.common import (CountingScore, NonFiniteError, coefficients, denoise_tweedie,
-                            with_steps)
+from solvers.common import coefficients, denoise_tweedie, with_steps
 from solvers.correctors import CORRECTORS, get_corrector, register_corrector
 from solvers.declared import Option, Sampler, get_sampler
+from solvers.evaluations import CountingScore, NonFiniteError
 from solvers.fast import dpm_solver_pp, heun
 from solvers.unipc import unipc
 from solvers.fitted_grid import GridFit, fit_grid

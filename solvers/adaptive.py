@@ -19,7 +19,10 @@ exponent = 0.9, rtol = 0.01 (the authors' code); atol = 0.0078 (the paper's valu
 import torch
 
 from sde_lib import expand_to
-from solvers.common import denoise_tweedie, nonfinite_rows, progress_bar, randn_like
+from solvers.common import denoise_tweedie
+from solvers.evaluations import nonfinite_rows
+from solvers.noise import randn_like
+from solvers.progress import progress_bar
 from solvers.declared import Option, positive_float, positive_int, register_sampler
 
 

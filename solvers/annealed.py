@@ -30,10 +30,12 @@ import math
 import torch
 
 from sde_lib import VESDE
-from solvers.common import (CountingScore, check_finite, describe, progress_bar, randn,
-                            randn_like, time_vector)
+from solvers.evaluations import CountingScore, check_finite
+from solvers.noise import randn, randn_like
 from solvers.operators import check_mask
+from solvers.progress import progress_bar
 from solvers.result import SampleResult
+from solvers.shapes import time_vector
 
 
 def annealed_levels(sde):
@@ -106,7 +108,7 @@ def annealed_langevin(score_fn, sde, shape=None, *, n_steps_each=5, step_lr=6.2e
     if x_init is not None:
         if not torch.is_tensor(x_init) or x_init.dim() < 2:
             raise ValueError(f"x_init must be a tensor [B, ...], got "
-                             f"{describe(x_init)}")
+                             f"{shape_or_type(x_init)}")
         if shape is not None and tuple(shape) != tuple(x_init.shape):
             raise ValueError(f"shape {tuple(shape)} does not match x_init's shape "
                              f"{tuple(x_init.shape)}")
@@ -159,7 +161,7 @@ def annealed_inpaint(score_fn, sde, data, mask, *, n_steps_each=5, step_lr=6.2e-
     Returns SampleResult."""
     if not torch.is_tensor(data) or data.dim() < 2:
         raise ValueError(f"data must be a tensor [B, ...], got "
-                         f"{describe(data)}")
+                         f"{shape_or_type(data)}")
     mask = check_mask(mask, data.shape).to(device=data.device, dtype=data.dtype)
     known = mask != 0
     check_finite("inpainting data", data, where=known)
@@ -169,7 +171,7 @@ def annealed_inpaint(score_fn, sde, data, mask, *, n_steps_each=5, step_lr=6.2e-
                                     dtype=data.dtype).to(data.device)
     elif not torch.is_tensor(x_init) or x_init.shape != data.shape:
         raise ValueError(f"x_init must have the data's shape {tuple(data.shape)}, got "
-                         f"{describe(x_init)}")
+                         f"{shape_or_type(x_init)}")
     noisy = {}
 
     def project(x, i, t, sigma):

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from networks.classifier import classifier_logits
-from solvers.common import check_finite, describe, probe_score
+from solvers.evaluations import check_finite
 from solvers.inverse import linear_inverse, run_chunks
 from solvers.operators import Colorization, Mask, check_mask
+from solvers.shapes import probe_score, shape_or_type
 
 
 def inpaint(score_fn, sde, data, mask, **kwargs):
@@ -38,7 +39,7 @@ def inpaint(score_fn, sde, data, mask, **kwargs):
     equal `data` exactly (noiseless case). Returns SampleResult."""
     if not torch.is_tensor(data) or data.dim() < 2:
         raise ValueError(f"data must be a tensor [B, ...], got "
-                         f"{describe(data)}")
+                         f"{shape_or_type(data)}")
     mask = check_mask(mask, data.shape).to(device=data.device, dtype=data.dtype)
     mask = mask.expand(data.shape) if mask.dim() == data.dim() and mask.shape[0] > 1 else mask
     check_finite("inpainting data", data, where=mask != 0)
@@ -54,7 +55,7 @@ def colorize(score_fn, sde, gray, **kwargs):
     two colour-difference coordinates come from the prior). Returns SampleResult."""
     if not torch.is_tensor(gray) or gray.dim() != 4 or gray.shape[1] not in (1, 3):
         raise ValueError(f"gray must be [B, 1, H, W] (or [B, 3, H, W] with equal channels), got "
-                         f"{describe(gray)}")
+                         f"{shape_or_type(gray)}")
     check_finite("the gray image", gray)
     if gray.shape[1] == 3:
         spread = (gray - gray.mean(1, keepdim=True)).abs().max()

@@ -17,8 +17,9 @@ import warnings
 import torch
 
 from sde_lib import expand_to
-from solvers.common import coefficients, randn_like
+from solvers.common import coefficients
 from solvers.declared import Option, register_declared
+from solvers.noise import randn_like
 from sde_lib.registry import Registry
 
 CORRECTORS = Registry("corrector")

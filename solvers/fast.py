@@ -29,10 +29,12 @@ import math
 
 import torch
 
-from solvers.common import (coefficients, denoise_tweedie, finish, progress_bar, randn_like,
-                            step_done, time_vector)
+from solvers.common import coefficients, denoise_tweedie
 from solvers.declared import Option, register_sampler
 from solvers.grids import invert_noise_level, resolve_grid
+from solvers.noise import randn_like
+from solvers.progress import progress_bar, step_done
+from solvers.shapes import time_vector
 
 
 def grid_coefficients(sde, steps, eps, grid, rho, grid_options):
@@ -43,6 +45,13 @@ def grid_coefficients(sde, steps, eps, grid, rho, grid_options):
     t = resolve_grid(sde, grid, steps, eps, **options)
     alpha, sigma = coefficients(sde, t)
     return t, alpha, sigma
+
+
+def close_and_denoise(score_fn, sde, x, t_last, denoise, bar):
+    """The end of a deterministic sampler: close the progress bar; with `denoise`, one Tweedie
+    denoising step at the last time."""
+    bar.close()
+    return denoise_tweedie(score_fn, sde, x, time_vector(t_last, x)) if denoise else x
 
 
 def log_snr_grid(sde, steps, eps, grid, rho, grid_options):
@@ -102,7 +111,7 @@ def heun(score_fn, sde, x, *, eps, denoise, generator, progress, callback, steps
             x_cur = alpha[i + 1] * x_hat
             callback(i, time_vector(t[i + 1], x_cur), x_cur, x_cur)
         bar.update()
-    return finish(score_fn, sde, alpha[-1] * x_hat, t[-1], denoise, bar)
+    return close_and_denoise(score_fn, sde, alpha[-1] * x_hat, t[-1], denoise, bar)
 
 
 
@@ -194,5 +203,5 @@ def dpm_solver_pp(score_fn, sde, x, *, eps, denoise, generator, progress, callba
             update = phi_1 * d0 - phi_2 * first + phi_3 * second
         x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * update
         step_done(i, t[i + 1], x, callback, bar)
-    return finish(score_fn, sde, x, t[-1], denoise, bar)
+    return close_and_denoise(score_fn, sde, x, t[-1], denoise, bar)
 

@@ -53,7 +53,7 @@ def fit_grid(score_fn, sde, x, steps, *, sampler="unipc", sampler_options=None, 
     x = x(T) (prior draws; a few hundred). Returns a GridFit; pass `fit.grid` as `grid=`."""
     from scipy import optimize
 
-    from solvers.common import CountingScore
+    from solvers.evaluations import CountingScore
     from solvers.sampling import SAMPLERS
 
     if int(steps) != steps or steps < 1:

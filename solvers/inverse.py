@@ -48,11 +48,13 @@ import math
 import torch
 
 from sde_lib import expand_to
-from solvers.common import (batch_slices, check_finite, coefficients, describe, probe_score,
-                            randn)
+from solvers.common import coefficients
+from solvers.evaluations import check_finite
+from solvers.noise import randn
 from solvers.operators import LinearOperator
 from solvers.result import SampleResult
 from solvers.sampling import sample
+from solvers.shapes import batch_slices, probe_score, shape_or_type
 
 METHODS = ("projection", "dps", "pigdm", "tmpd")
 INITS = ("marginal", "original", "prior")
@@ -203,7 +205,7 @@ def linear_inverse(score_fn, sde, y, operator, *, noise_std=0.0, method=None, in
     """
     if not torch.is_tensor(y) or y.dim() < 1 or y.shape[0] < 1:
         raise ValueError(f"y must be a tensor [B, ...] of observations, got "
-                         f"{describe(y)}")
+                         f"{shape_or_type(y)}")
     if not isinstance(operator, LinearOperator):
         raise TypeError(f"operator must be a LinearOperator (forward = A x, transpose = A^T y, "
                         f"optionally pinv); got {type(operator).__name__}: wrap functions in "

@@ -8,7 +8,9 @@ norm), like the original. Tolerances default to the original's rtol = atol = 1e-
 import torch
 
 from sde_lib import expand_to
-from solvers.common import CountingScore, nonfinite_rows, progress_bar, time_vector
+from solvers.evaluations import CountingScore, nonfinite_rows
+from solvers.progress import progress_bar
+from solvers.shapes import time_vector
 from solvers.declared import Option, positive_float, register_sampler
 from solvers.flow import probability_flow_drift, solve
 from solvers.result import EncodeResult, SampleResult

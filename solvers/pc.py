@@ -1,12 +1,16 @@
 """The predictor-corrector sampler (Song et al. 2021, Sec. 4.2, Algorithm 1)."""
 
+import math
+
 import torch
 
-from solvers.common import finite_positive, progress_bar, time_vector, with_steps
+from solvers.common import with_steps
 from solvers.correctors import CORRECTORS, get_corrector
 from solvers.declared import (SDE_N, Option, check_declared, count, positive_float,
                               register_sampler)
 from solvers.predictors import PREDICTORS, get_predictor
+from solvers.progress import progress_bar
+from solvers.shapes import time_vector
 
 
 @register_sampler("pc", steps=SDE_N, options=(
@@ -45,7 +49,7 @@ def pc_sampler(score_fn, sde, x, *, eps, denoise, generator, progress, callback,
                          f"steps), so one step would stay at T and return the prior draw), got "
                          f"{steps!r}")
     steps = int(steps)
-    if not finite_positive(snr):
+    if not _finite_positive(snr):
         raise ValueError(f"snr must be a finite positive number, got {snr!r}")
     if (isinstance(n_corrector_steps, bool) or int(n_corrector_steps) != n_corrector_steps
             or n_corrector_steps < 0):
@@ -91,3 +95,10 @@ def pc_sampler(score_fn, sde, x, *, eps, denoise, generator, progress, callback,
     bar.close()
     return x_mean if denoise else x
 
+
+def _finite_positive(v):
+    """Whether v is a number (or one-element tensor) that is finite and > 0."""
+    try:
+        return math.isfinite(float(v)) and float(v) > 0
+    except (TypeError, ValueError, RuntimeError):
+        return False

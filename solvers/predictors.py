@@ -17,7 +17,8 @@ import math
 import torch
 
 from sde_lib import VESDE, VPSDE, expand_to
-from solvers.common import coefficients, randn_like
+from solvers.common import coefficients
+from solvers.noise import randn_like
 from sde_lib.registry import Registry
 
 PREDICTORS = Registry("predictor")

@@ -20,8 +20,9 @@ import solvers.fast  # noqa: F401
 import solvers.ode  # noqa: F401
 import solvers.pc  # noqa: F401
 import solvers.unipc  # noqa: F401
-from solvers.common import (ON_NONFINITE, CountingScore, batch_slices, check_finite,
-                            check_finite_samples, probe_score)
+from solvers.evaluations import (ON_NONFINITE, CountingScore, check_finite,
+                                 check_finite_samples)
+from solvers.shapes import batch_slices, probe_score
 from solvers.declared import SAMPLERS, get_sampler, register_sampler
 from solvers.result import SampleResult
 

@@ -28,10 +28,11 @@ import math
 import torch
 
 from sde_lib import expand_to
-from solvers.common import (coefficients, denoise_tweedie, finish, progress_bar, step_done,
-                            time_vector)
+from solvers.common import coefficients, denoise_tweedie
 from solvers.declared import Option, register_sampler
-from solvers.fast import log_snr_grid
+from solvers.fast import close_and_denoise, log_snr_grid
+from solvers.progress import progress_bar, step_done
+from solvers.shapes import time_vector
 
 VARIANTS = ("bh1", "bh2")
 
@@ -139,5 +140,5 @@ def unipc(score_fn, sde, x, *, eps, denoise, generator, progress, callback, step
             history = (history + [(d_new, lam[i + 1])])[-order:]
         x = x_new
         step_done(i, t[i + 1], x, callback, bar)
-    return finish(score_fn, sde, x, t[-1], denoise, bar)
+    return close_and_denoise(score_fn, sde, x, t[-1], denoise, bar)
 

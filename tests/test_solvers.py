@@ -8,7 +8,7 @@ import torch
 
 import solvers
 from sde_lib import VESDE, VPSDE, oracle, subVPSDE
-from solvers.common import time_vector
+from solvers.shapes import time_vector
 
 SDES = [VESDE, VPSDE, subVPSDE]
 

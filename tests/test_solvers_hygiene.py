@@ -12,7 +12,7 @@ import torch
 
 import solvers
 from sde_lib import VESDE, VPSDE, subVPSDE
-from solvers.common import NonFiniteError
+from solvers.evaluations import NonFiniteError
 from solvers.correctors import langevin
 
 BUILTIN = ["pc", "ode", "heun", "dpm_solver++", "adaptive"]

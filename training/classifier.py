@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from networks.classifier import NoiseConditionalClassifier, classifier_logits
 from sde_lib import expand_to
-from solvers.common import progress_bar
+from solvers.progress import progress_bar
 
 
 def perturb(sde, x0, generator=None, eps=None):
