@@ -26,6 +26,7 @@ import scipy.linalg
 import torch
 
 from configs import resolve_device
+from networks.checkpoint import torch_load_detail
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 NPZ_KEYS = ("samples", "images", "arr_0")  # looked up in this order in an .npz file
@@ -381,7 +382,7 @@ def check_inception_weights(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any failure means: not a plain tensor state dict
         raise ValueError(f"{path}: cannot be loaded as a plain state dict of tensors "
-                         f"(weights_only=True): {e}") from e
+                         f"(weights_only=True): {torch_load_detail(e)}") from None
     if not isinstance(state, dict) or "fc.weight" not in state:
         keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path}: not the FID Inception-v3 state dict (no 'fc.weight'; starts with "

@@ -60,16 +60,15 @@ def read_checkpoint(path, map_location='cpu'):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if 'weights only' in str(e).lower():
-            detail = next((line for line in str(e).splitlines()
-                           if 'GLOBAL' in line or 'Unsupported' in line), '').strip()
             raise CheckpointError(
                 f"refusing to load checkpoint {path!r}: it holds objects other than tensors and "
-                f"plain containers, which are never unpickled here (weights_only=True)"
-                f"{': ' + detail if detail else ''}") from None
-        raise CheckpointError(f"checkpoint file {path!r} is corrupt: {e}") from None
+                f"plain containers, which are never unpickled here (weights_only=True): "
+                f"{torch_load_detail(e)}") from None
+        raise CheckpointError(f"checkpoint file {path!r} is corrupt: {torch_load_detail(e)}"
+                              ) from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as e:
         size = os.path.getsize(path)
-        detail = str(e).splitlines()[0] if str(e) else 'no detail'
+        detail = torch_load_detail(e)
         raise CheckpointError(
             f"checkpoint file {path!r} ({size} bytes) cannot be read; it is truncated, corrupt or "
             f"not a PyTorch checkpoint ({type(e).__name__}: {detail})") from None
@@ -79,6 +78,24 @@ def read_checkpoint(path, map_location='cpu'):
         raise CheckpointError(f"checkpoint file {path!r} holds {what}, not a score-model "
                               f"checkpoint (a dict with 'model', 'ema', 'optimizer', 'step')")
     return ckpt
+
+
+# Lines of PyTorch's weights-only error that advise the unsafe path (loading with
+# weights_only=False runs whatever the file's pickle says); never passed on to a user.
+_UNSAFE_ADVICE = ('weights_only', 'arbitrary code', 'trusted source', 'documentation of torch.load')
+
+
+def torch_load_detail(e):
+    """One line on why `torch.load(..., weights_only=True)` failed: the blocked global or the
+    first line of the error, without PyTorch's advice to retry with weights_only=False."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    safe = [line for line in lines if not any(a in line.lower() for a in _UNSAFE_ADVICE)]
+    blocked = [line for line in safe if 'GLOBAL' in line or 'Unsupported' in line]
+    if blocked or safe:
+        return (blocked or safe)[0]
+    if lines:  # every line was advice: say only what kind of failure it was
+        return 'the file needs objects that are never unpickled here'
+    return type(e).__name__
 
 
 def _read_safetensors(path, map_location):

@@ -69,6 +69,26 @@ def encode(ckpt):
     return st.save(tensors, metadata=metadata)
 
 
+def read_metadata(path):
+    """The metadata strings of safetensors file `path`, read from its header alone (no tensor
+    is read). Raises ValueError for a file that is not a readable safetensors file."""
+    _, safe_open = _module()
+    try:
+        with safe_open(path, framework='pt', device='cpu') as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"not a readable safetensors file ({detail})") from None
+
+
+def stored_step(metadata):
+    """The training step recorded in a toolkit safetensors checkpoint's metadata."""
+    try:
+        return int(metadata.get('step', '0'))
+    except ValueError:
+        raise ValueError(f"unreadable step {metadata.get('step')!r} in the metadata") from None
+
+
 def decode(path, map_location='cpu'):
     """The toolkit checkpoint dict of safetensors file `path`. Raises ValueError when the file
     is not a readable toolkit safetensors checkpoint (naming what is wrong)."""
@@ -89,7 +109,7 @@ def decode(path, map_location='cpu'):
     try:
         ema_meta = json.loads(metadata.get('ema', 'null'))
         extra = json.loads(metadata.get('extra', '{}'))
-        step = int(metadata.get('step', '0'))
+        step = stored_step(metadata)
     except ValueError as e:
         raise ValueError(f"unreadable metadata: {e}") from None
     ema = None

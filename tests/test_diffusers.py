@@ -176,6 +176,33 @@ def test_missing_unknown_and_misshaped_weights_are_named(tmp_path):
         networks.from_diffusers(tmp_path)
 
 
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def _advises_unsafe_loading(message):
+    text = message.lower()
+    return 'weights_only=false' in text or 'weights_only` set to `false' in text or \
+        're-running' in text
+
+
+def test_a_pickle_in_the_weights_is_refused_without_advising_unsafe_loading(tmp_path):
+    unet = ddpm_unet(seed=6)
+    unet.save_pretrained(tmp_path, safe_serialization=False)
+    marker = tmp_path / 'was_unpickled'
+    state = torch.load(tmp_path / 'diffusion_pytorch_model.bin', weights_only=True)
+    torch.save({**state, 'payload': _Payload(str(marker))},
+               tmp_path / 'diffusion_pytorch_model.bin')
+    with pytest.raises(DiffusersError, match='posix.makedirs|os.makedirs') as err:
+        networks.from_diffusers(tmp_path)
+    assert not marker.exists()
+    assert not _advises_unsafe_loading(str(err.value)), str(err.value)
+
+
 def test_old_attention_names_load(tmp_path):
     """Hub files written by early diffusers name attention query/key/value/proj_attn."""
     unet = ddpm_unet(seed=5)

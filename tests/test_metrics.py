@@ -368,8 +368,10 @@ def test_inception_weights_are_checked(tmp_path):
     with pytest.raises(FileNotFoundError, match=INCEPTION_WEIGHTS_FILE):
         check_inception_weights(tmp_path / "missing.pth")
     torch.save({"fc.weight": torch.zeros(1008, 1), "extra": NotATensor()}, tmp_path / "pickled.pth")
-    with pytest.raises(ValueError, match="weights_only"):
+    with pytest.raises(ValueError, match="weights_only") as err:
         check_inception_weights(tmp_path / "pickled.pth")
+    assert "re-running" not in str(err.value).lower()  # never PyTorch's unsafe advice
+    assert "weights_only` set to `false" not in str(err.value).lower()
     with pytest.raises(ValueError, match="1008"):
         check_inception_weights(save_weights(tmp_path / "torchvision.pth", classes=1000))
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")

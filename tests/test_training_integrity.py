@@ -124,6 +124,16 @@ def test_a_truncated_meta_checkpoint_falls_back_to_the_newest_periodic(workdir_w
     assert named == ["checkpoint.pth", "checkpoint_3.pth"]
 
 
+def test_the_step_of_a_safetensors_checkpoint_is_read_from_its_metadata(tmp_path):
+    from networks import save_checkpoint
+    from training.train import build_state
+    c = small_config()
+    model, ema, _ = build_state(c, "cpu")
+    path = save_checkpoint(tmp_path / "model.safetensors", model, c, ema=ema, step=40)
+    assert checkpoint_step(path) == 40  # no sidecar: from the file
+    assert checkpoint_identity(path)["step"] == 40
+
+
 def test_a_sidecar_that_no_longer_fits_its_file_is_ignored(workdir_with_checkpoints):
     from networks import save_checkpoint
     from training.train import build_state

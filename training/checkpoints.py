@@ -19,6 +19,8 @@ import re
 import warnings
 
 from networks import CheckpointError, load_checkpoint, load_state, read_checkpoint, save_checkpoint
+from networks import safetensors_io
+from networks.safetensors_io import looks_like_safetensors
 from sde_lib.fileio import file_digest, write_json
 
 PERIODIC_DIR = "checkpoints"
@@ -93,7 +95,16 @@ def checkpoint_step(path):
 
 
 def _read_meta(path):
+    """The checkpoint's dict with its step, reading as little as possible: a safetensors
+    checkpoint's header metadata, else the `.pth` file memory-mapped."""
     import torch
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if looks_like_safetensors(head):  # torch.load reads these too, but without the step
+        try:
+            return {"step": safetensors_io.stored_step(safetensors_io.read_metadata(path))}
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint file {path!r}: {e}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip file (legacy format) or unreadable: read it the careful way,

@@ -8,6 +8,7 @@ import re
 
 import torch
 
+from networks.checkpoint import torch_load_detail
 from networks.diffusers.errors import DiffusersError
 
 WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin')
@@ -45,8 +46,7 @@ def read_weights(folder):
         except Exception as e:
             raise DiffusersError(f"cannot read {bin_!r} as plain tensors (weights_only=True; "
                                  f"arbitrary pickles are never loaded): "
-                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                                 ) from None
+                                 f"{torch_load_detail(e)}") from None
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
             raise DiffusersError(f"{bin_!r} is not a state dict of tensors")
         return state
