@@ -149,13 +149,48 @@ def state_mismatches(model, state):
     return out
 
 
+def dtype_check(named, what='checkpoint'):
+    """Check the dtypes of stored tensors against the model's: `named` is [(name, stored
+    tensor, model dtype)]. A non-float tensor where the model holds floats is a CheckpointError
+    naming it (integer weights are not weights); floats of another precision are cast, and the
+    returned notes (one per stored dtype) say so."""
+    wrong, cast = [], {}
+    for name, t, dtype in named:
+        if not (dtype.is_floating_point and torch.is_tensor(t)) or t.dtype == dtype:
+            continue
+        if not t.dtype.is_floating_point:
+            wrong.append(f"{name} ({str(t.dtype).replace('torch.', '')})")
+        else:
+            cast.setdefault((t.dtype, dtype), []).append(name)
+    if wrong:
+        raise CheckpointError(f"{what} holds non-float weights where the network's are floats: "
+                              f"{_listed(wrong)}")
+    return [f"{what}: {len(names)} weights stored as {str(a).replace('torch.', '')} were cast to "
+            f"{str(b).replace('torch.', '')} (e.g. {names[0]})" for (a, b), names in cast.items()]
+
+
 def load_model_state(model, state, what='checkpoint'):
-    """Load `state` into `model` strictly; a CheckpointError lists every mismatch."""
+    """Load `state` into `model` strictly; a CheckpointError lists every mismatch and names
+    non-float weights. Returns notes on weights cast from another float precision."""
     problems = state_mismatches(model, state)
     if problems:
         raise CheckpointError(f"{what} does not fit the {type(model).__name__} built from the "
                               f"config: " + '; '.join(problems))
+    expected = model.state_dict()
+    notes = dtype_check([(k, state[k], v.dtype) for k, v in expected.items()], what)
     model.load_state_dict(state, strict=True)
+    return notes
+
+
+def _warn_notes(notes):
+    import warnings
+    for note in notes:
+        warnings.warn(note, CheckpointNote, stacklevel=3)
+
+
+class CheckpointNote(UserWarning):
+    """Something done while loading that the user should know (weights cast to another
+    precision)."""
 
 
 def load_ema_weights(model, ema_state, what='checkpoint'):
@@ -173,9 +208,11 @@ def load_ema_weights(model, ema_state, what='checkpoint'):
     if problems:
         raise CheckpointError(f"{what}: EMA weights do not fit the {type(model).__name__} built "
                               f"from the config: " + '; '.join(problems))
+    notes = dtype_check([(f"EMA {n}", s, p.dtype) for (n, p), s in zip(named, shadow)], what)
     with torch.no_grad():
         for (_, p), s in zip(named, shadow):
             p.copy_(s)
+    return notes
 
 
 # Data fields that change the network (its input transform or its layers), besides config.model.
@@ -250,9 +287,10 @@ def load_checkpoint(path, config, ema=True, map_location='cpu', check_config=Tru
                                       + '; '.join(diffs) + " (pass check_config=False to load "
                                       "anyway, still strictly by key and shape)")
     model = create_model(config, device='cpu')
-    load_model_state(model, model_state(ckpt), what)
+    notes = load_model_state(model, model_state(ckpt), what)
     if ema:
-        load_ema_weights(model, ckpt.get('ema'), what)
+        notes += load_ema_weights(model, ckpt.get('ema'), what)
+    _warn_notes(notes)
     model.eval()
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
@@ -267,7 +305,7 @@ def load_state(path, model, ema=None, optimizer=None, map_location='cpu'):
     what = f"checkpoint {os.fspath(path)!r}"
     ckpt = read_checkpoint(path, map_location=map_location)
     target = unwrap_model(model)
-    load_model_state(target, model_state(ckpt), what)
+    _warn_notes(load_model_state(target, model_state(ckpt), what))
     if ema is not None:
         if ckpt.get('ema') is None:
             raise CheckpointError(f"{what} holds no EMA state to resume")

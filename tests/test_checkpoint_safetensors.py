@@ -102,3 +102,37 @@ def test_safetensors_checkpoint_refuses_what_it_cannot_hold_and_reports_corrupti
                              other)
     with pytest.raises(CheckpointError, match='model.nf'):
         networks.load_checkpoint(tmp_path / 'd.safetensors', config)
+
+
+def _rewrite(path, change):
+    """Rewrite safetensors file `path` with change(name, tensor) applied, metadata kept."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(path), framework='pt') as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: change(k, v) for k, v in tensors.items()}, str(path), metadata=meta)
+
+
+def test_non_float_weights_are_refused_by_name(tmp_path):
+    config, model, ema = _small()
+    path = networks.save_checkpoint(tmp_path / 'm.safetensors', model, config, ema=ema)
+    victim = next(k for k in model.state_dict() if k.endswith('weight'))
+    _rewrite(path, lambda k, v: v.to(torch.int8) if k == f'model/{victim}' else v)
+    with pytest.raises(CheckpointError, match=rf'non-float weights.*{victim} \(int8\)'):
+        networks.load_checkpoint(path, config, ema=False)
+    _rewrite(path, lambda k, v: v.float() if k.startswith('model/') else v.to(torch.int16))
+    with pytest.raises(CheckpointError, match=r'non-float weights.*EMA .* \(int16\)'):
+        networks.load_checkpoint(path, config, ema=True)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float64])
+def test_float_weights_of_another_precision_are_cast_with_a_note(tmp_path, dtype):
+    config, model, ema = _small()
+    path = networks.save_checkpoint(tmp_path / 'm.safetensors', model, config, ema=ema)
+    _rewrite(path, lambda k, v: v.to(dtype))
+    name = str(dtype).replace('torch.', '')
+    with pytest.warns(networks.checkpoint.CheckpointNote, match=f'stored as {name} were cast '
+                                                                f'to float32'):
+        live = networks.load_checkpoint(path, config, ema=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(live.state_dict()[k], v.to(dtype).to(v.dtype)), k

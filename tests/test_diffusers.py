@@ -331,3 +331,17 @@ def test_to_diffusers_names_what_it_cannot_represent(tmp_path):
     with pytest.raises(DiffusersError, match='attn_every_up_block'):
         networks.to_diffusers(None, config, tmp_path)
     assert not os.listdir(tmp_path)
+
+
+def test_diffusers_weights_of_another_dtype_are_cast_with_a_note_or_refused(tmp_path):
+    unet = ddpm_unet(seed=7)
+    unet.save_pretrained(tmp_path)
+    state = load_file(_weights(tmp_path))
+    save_file({k: v.half() for k, v in state.items()}, _weights(tmp_path))
+    model, _, info = networks.from_diffusers(tmp_path)
+    assert any('stored as float16 were cast to float32' in n for n in info.notes), info.notes
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    save_file({k: (v.to(torch.int8) if k == 'conv_in.weight' else v) for k, v in state.items()},
+              _weights(tmp_path))
+    with pytest.raises(DiffusersError, match=r'non-float weights.*\(int8\)'):
+        networks.from_diffusers(tmp_path)

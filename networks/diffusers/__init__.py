@@ -67,7 +67,8 @@ def from_diffusers(source, scheduler=None, device='cpu'):
     _name_dataset(config, desc, notes)
     model = get_model_class(config.model.name)(config)
     entries = weight_map(model, family, levels, int(cfg['layers_per_block']), attn)
-    mapped = map_state(model, state, entries, f"diffusers model {desc!r}")
+    mapped, cast = map_state(model, state, entries, f"diffusers model {desc!r}")
+    notes += cast
     load_model_state(model, mapped, f"diffusers model {desc!r}")
     model.eval().to(device)
     info = DiffusersInfo(config=config, family=family, continuous=continuous,

@@ -5,7 +5,7 @@ import re
 
 import torch
 
-from networks.checkpoint import _listed
+from networks.checkpoint import CheckpointError, _listed, dtype_check
 from networks.diffusers.errors import DiffusersError
 
 # Per layer kind: toolkit parameter (relative to the layer) -> (diffusers names relative to the
@@ -126,11 +126,12 @@ def _to_diffusers(t, transform):
 
 
 def map_state(model, state, entries, what):
-    """The toolkit state dict for `model` from diffusers `state`; a DiffusersError names every
-    missing, unknown and mis-shaped weight."""
+    """(the toolkit state dict for `model` from diffusers `state`, notes on weights cast from
+    another float precision); a DiffusersError names every missing, unknown, mis-shaped and
+    non-float weight."""
     expected = model.state_dict()
     out = dict(expected)  # buffers stay the network's own
-    missing, shapes, used = [], [], set()
+    missing, shapes, used, stored = [], [], set(), []
     for key, names, transform in entries:
         present = [n for n in names if n in state]
         if not present:
@@ -146,11 +147,16 @@ def map_state(model, state, entries, what):
         for other in present[1:]:
             if not torch.equal(state[other], state[present[0]]):
                 shapes.append(f"{other} differs from {present[0]}")
-        out[key] = t.to(expected[key].dtype)
+        out[key] = t
+        stored.append((present[0], t, expected[key].dtype))
     unknown = [k for k in state if k not in used]
     problems = [f"{kind} weights: {_listed(names)}" for kind, names in
                 (('missing', missing), ('unknown', unknown), ('mis-shaped', shapes)) if names]
     if problems:
         raise DiffusersError(f"{what} does not fit the {type(model).__name__} derived from its "
                              f"config: " + '; '.join(problems))
-    return out
+    try:
+        notes = dtype_check(stored, what)
+    except CheckpointError as e:
+        raise DiffusersError(str(e)) from None
+    return out, notes
