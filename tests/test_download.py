@@ -220,3 +220,29 @@ def test_only_cifar10_and_mnist_download():
         ensure_dataset('CelebA')
     with pytest.raises(NotImplementedError, match='FOLDER'):
         load_dataset(_cfg('LSUN', 32, 3), 'train')
+
+
+def test_a_killed_download_leaves_nothing_after_the_next_run(tmp_path, server, monkeypatch):
+    import os
+    import socket as sock
+    import subprocess
+    import sys
+    data, _ = _cifar_archive(np.random.default_rng(3))
+    server.files[CIFAR] = data
+    _point_at(monkeypatch, 'CIFAR10', server, {CIFAR: _md5(data)})
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)  # a process that has ended
+    host = sock.gethostname()
+    killed = [tmp_path / f'.cifar10.partial-{pid}-0123abcd-{host}',
+              tmp_path / f'.cifar10.partial-{pid}-89abcdef']  # named before hosts were recorded
+    running = tmp_path / f'.cifar10.partial-{os.getpid()}-00000000-{host}'
+    elsewhere = tmp_path / f'.cifar10.partial-{pid}-11111111-another-host.example'
+    for d in killed + [running, elsewhere]:
+        (d / 'content').mkdir(parents=True)
+        (d / 'cifar-10-binary.tar.gz').write_bytes(b'half')
+    ensure_dataset('CIFAR10', data_dir=tmp_path, progress=False)
+    assert _leftovers(tmp_path) == sorted(['cifar10', running.name, elsewhere.name])
+    killed[0].mkdir()  # killed after a complete download: the next run cleans it too
+    ensure_dataset('CIFAR10', data_dir=tmp_path, progress=False)
+    assert _leftovers(tmp_path) == sorted(['cifar10', running.name, elsewhere.name])

@@ -8,7 +8,8 @@ its published MD5 before anything is kept, and is put in place atomically: downl
 extraction happen in a temporary folder next to the target, and only complete, verified files
 are renamed into it. A failure (offline, checksum mismatch, a bad archive) removes the
 temporary folder and raises `DownloadError` saying which file to fetch by hand and where to
-put it; a file put there by hand is verified and used on the next run, without the network.
+put it (the temporary folder of a download that was killed is removed by the next call on this
+host); a file put there by hand is verified and used on the next run, without the network.
 A second run finds the files in place and does not touch the network.
 
 CelebA(-HQ), FFHQ and LSUN cannot be downloaded freely (licence or terms of use); their loaders
@@ -17,6 +18,7 @@ keep asking for the files (training/data.py).
 
 import hashlib
 import os
+import re
 import shutil
 import socket
 import tarfile
@@ -195,6 +197,33 @@ def _extract(archive, into):
         raise DownloadError(f"{archive.name}: cannot extract the archive ({e})") from None
 
 
+def _staging_name(folder):
+    """`.<folder>.partial-<pid>-<random>-<host>`: the temporary folder of one download."""
+    return f'.{folder}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}-{socket.gethostname()}'
+
+
+def remove_stale_partials(root, folder):
+    """Delete the temporary folders `.<folder>.partial-*` that downloads killed on this host
+    left in `root` (their process is gone); those of running downloads and of other hosts are
+    kept. Returns the removed paths."""
+    from sde_lib.fileio import pid_alive
+    pattern = re.compile(rf'\.{re.escape(folder)}\.partial-(\d+)-[0-9a-f]{{8}}(?:-(.+))?')
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        host = m.group(2)  # absent in names written before the host was recorded
+        if (host is None or host == socket.gethostname()) and not pid_alive(int(m.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
 def ensure_dataset(name, data_dir=None, *, url=None, md5=None, progress=True, timeout=60):
     """The folder `<data_dir>/<name's folder>` holding dataset `name` ('CIFAR10' or 'MNIST'),
     downloaded, verified and extracted first when incomplete. `data_dir` defaults to
@@ -204,10 +233,11 @@ def ensure_dataset(name, data_dir=None, *, url=None, md5=None, progress=True, ti
     source = _source(name)
     root = Path(data_dir) if data_dir is not None else default_cache_dir()
     target = root / source.folder
+    remove_stale_partials(root, source.folder)
     if is_complete(target, source):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f'.{source.folder}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+    staging = root / _staging_name(source.folder)
     staging.mkdir()
     try:
         content = staging / 'content'
