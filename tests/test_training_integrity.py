@@ -268,3 +268,15 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_run(tmp_p
             for k in ("whole", "killed")}
     assert [r["step"] for r in logs["killed"]] == list(range(1, n_iters + 1))
     assert [r["loss"] for r in logs["killed"]] == [r["loss"] for r in logs["whole"]]
+
+
+def test_a_torn_last_log_line_is_skipped_and_never_joins_the_next_record(tmp_path):
+    from training.logs import RunLogger
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"event": "train", "step": 1, "loss": 0.5}\n{"event": "train", "st')
+    assert [r["step"] for r in read_log(log)] == [1]
+    logger = RunLogger(tmp_path, tensorboard=False)  # no start step: nothing truncated first
+    logger.log({"event": "train", "loss": 0.25}, step=2)
+    logger.log({"event": "train", "loss": 0.125}, step=3)
+    assert [r["step"] for r in read_log(log)] == [1, 2, 3]
+    assert log.read_text().count("\n") == 4  # the torn line ended, no blank line

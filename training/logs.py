@@ -50,8 +50,12 @@ class RunLogger:
         record.setdefault("time", time.time())
         if step is not None:
             record["step"] = int(step)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with open(self.path, "a+b") as f:  # appended, not atomic: see read_log
+            torn = False
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+            f.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
         if self.writer is not None and step is not None:
             for k, v in record.items():
                 if k not in ("step", "time", "event") and isinstance(v, (int, float)):
@@ -64,7 +68,9 @@ class RunLogger:
 
 
 def read_log(path):
-    """The records of a log.jsonl file, skipping a truncated last line."""
+    """The records of a log.jsonl file. The log is appended a line at a time (not through the
+    atomic writer), so a writer killed mid-line leaves a torn line: it is skipped here, and the
+    next record starts on a line of its own."""
     out = []
     with open(path) as f:
         for line in f:
