@@ -34,7 +34,7 @@ def run(args):
     config, workdir, device = prepare(args)
     explicit = args.device or config.get("device", "auto") != "auto"
     result = train(config, workdir, device=device if explicit else None, data_dir=args.data_dir,
-                   progress=args.progress, stop_after=args.stop_after)
+                   progress=args.progress, stop_after=args.stop_after, restart=args.restart)
     cleanup_distributed()
     if result["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in result.items() if k not in ("model", "ema", "sde")},
@@ -46,6 +46,8 @@ def add_arguments(parser):
     add_run_flags(parser)
     flag(parser, "stop-after", type=positive_int,
          help="stop (resumably) after this many steps of this call")
+    flag(parser, "restart", action="store_true", help="start again from step 0: the workdir's "
+         "log, checkpoints and samples are moved into <workdir>/history-<time> (never deleted)")
     add_dist_flag(parser)
 
 

@@ -175,6 +175,79 @@ def test_resume_after_a_damaged_meta_checkpoint_logs_each_step_once(tmp_path):
     assert [r["loss"] for r in logs["b"]] == [r["loss"] for r in logs["a"]]
 
 
+def _quiet(*args):
+    pass
+
+
+def test_a_history_with_no_readable_checkpoint_is_refused_until_an_explicit_restart(tmp_path):
+    """Stopped at step 3 (no periodic checkpoint yet) and the meta checkpoint truncated:
+    training refuses, naming the file and changing nothing; restart=True moves the history
+    into history-<time>/ and starts from step 0."""
+    from training.checkpoints import TrainingHistoryError
+    from training.train import train
+    c, w = small_config(n_iters=8), tmp_path / "w"
+    train(c, str(w), device="cpu", progress=False, stop_after=3, log=_quiet)
+    _truncate(meta_path(w))
+    before = {p.relative_to(w): p.read_bytes() for p in w.rglob("*") if p.is_file()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)
+        with pytest.raises(TrainingHistoryError, match=r"checkpoint\.pth.*cannot be read.*"
+                                                       r"--restart"):
+            train(c, str(w), device="cpu", progress=False, log=_quiet)
+    after = {p.relative_to(w): p.read_bytes() for p in w.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing lost
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)
+        again = train(c, str(w), device="cpu", progress=False, stop_after=2, log=_quiet,
+                      restart=True)
+    assert again["start_step"] == 0 and again["resumed_from"] is None and again["step"] == 2
+    (aside,) = [p for p in w.iterdir() if p.name.startswith("history-")]
+    for rel, data in before.items():
+        if rel.parts[0] != ".lock":
+            assert (aside / rel).read_bytes() == data, rel  # moved, never deleted
+
+
+def test_deleted_checkpoints_recorded_in_the_log_are_refused(tmp_path):
+    from training.checkpoints import TrainingHistoryError
+    from training.train import train
+    c, w = small_config(n_iters=8), tmp_path / "w"
+    train(c, str(w), device="cpu", progress=False, stop_after=4, log=_quiet)
+    for d in ("checkpoints", "checkpoints-meta"):
+        for p in (w / d).iterdir():
+            p.unlink()
+    with pytest.raises(TrainingHistoryError, match="log.jsonl records 1 checkpoint"):
+        train(c, str(w), device="cpu", progress=False, log=_quiet)
+
+
+def test_resume_recreates_the_sidecar_and_log_record_a_kill_left_missing(tmp_path):
+    """Killed between writing checkpoint_1.pth (step 4) and its sidecar: the meta checkpoint is
+    still the one of step 3, and the log has no checkpoint record. The resumed run starts from
+    checkpoint_1 and writes both."""
+    import shutil
+    from training.checkpoints import read_sidecar, sidecar_path
+    from training.train import train
+    c, w = small_config(n_iters=6), tmp_path / "w"
+    train(c, str(w), device="cpu", progress=False, stop_after=3, log=_quiet)
+    shutil.copyfile(meta_path(w), tmp_path / "meta_3.pth")
+    train(c, str(w), device="cpu", progress=False, stop_after=1, log=_quiet)
+    periodic = periodic_path(w, 1)
+    Path(sidecar_path(periodic)).unlink()
+    shutil.copyfile(tmp_path / "meta_3.pth", meta_path(w))
+    Path(sidecar_path(meta_path(w))).unlink()
+    log = w / "log.jsonl"
+    lines = [line for line in log.read_text().splitlines(True)
+             if '"checkpoint"' not in line and '"end"' not in line]
+    log.write_text("".join(lines))
+
+    rest = train(c, str(w), device="cpu", progress=False, log=_quiet)
+    assert rest["start_step"] == 4 and rest["resumed_from"] == periodic
+    assert read_sidecar(periodic)["step"] == 4
+    records = [r for r in read_log(log) if r["event"] == "checkpoint"]
+    assert [(r["step"], r["path"]) for r in records] == [(4, periodic),
+                                                          (6, periodic_path(w, 2))]
+
+
 def test_a_second_training_on_a_workdir_fails_at_once_naming_the_first(tmp_path):
     from training.train import train
     code = ("import sys, ml_collections, json; from training.train import train; "

@@ -151,6 +151,78 @@ def latest_checkpoint(workdir, warn=None):
     return None if best is None else best[2]
 
 
+# What a training run leaves in its workdir besides the lock: its history.
+HISTORY = ("log.jsonl", PERIODIC_DIR, META_DIR, "samples", "tensorboard")
+
+
+class TrainingHistoryError(CheckpointError):
+    """A workdir with a training history but no readable checkpoint to resume from."""
+
+
+def resume_point(workdir, warn=None):
+    """The checkpoint a run in `workdir` resumes from (`latest_checkpoint`), or None for a
+    fresh start. A workdir whose history says there was a checkpoint (checkpoint files, or a
+    checkpoint record in log.jsonl) but where none can be read raises TrainingHistoryError
+    naming the unreadable files: starting afresh there would discard the run's history, which
+    only an explicit restart (`move_history_aside`) may do."""
+    warn = warn or warnings.warn
+    unreadable = []
+
+    def note(message, category=CheckpointWarning):
+        unreadable.append(message)
+        warn(message, category)
+
+    found = latest_checkpoint(workdir, warn=note)
+    if found is not None:
+        return found
+    files = ([meta_path(workdir)] if os.path.exists(meta_path(workdir)) else []) + \
+        list(periodic_checkpoints(workdir).values())
+    log = os.path.join(workdir, "log.jsonl")
+    logged = []
+    if os.path.isfile(log):
+        from training.logs import read_log
+        logged = [r for r in read_log(log) if isinstance(r, dict)
+                  and r.get("event") == "checkpoint"]
+    if not files and not logged:
+        return None
+    why = ("; ".join(m.replace("skipping checkpoint ", "") for m in unreadable) if unreadable
+           else f"log.jsonl records {len(logged)} checkpoint(s) (the last at step "
+                f"{logged[-1].get('step')}) but no checkpoint file is left")
+    raise TrainingHistoryError(
+        f"{workdir!r} holds a training history but no readable checkpoint to resume from: "
+        f"{why}. Nothing was changed; restore the files, or restart from step 0 with --restart "
+        f"(train(..., restart=True)), which moves the history into a history-<time> folder "
+        f"of the workdir")
+
+
+def move_history_aside(workdir):
+    """Move the history of `workdir` (HISTORY entries that exist) into a new folder
+    `<workdir>/history-<UTC time>[-k]`, never deleting anything; returns that folder, or None
+    when there is no history."""
+    import time
+    present = [name for name in HISTORY if os.path.lexists(os.path.join(workdir, name))]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest, k = os.path.join(workdir, f"history-{stamp}"), 1
+    while os.path.lexists(dest):
+        k += 1
+        dest = os.path.join(workdir, f"history-{stamp}-{k}")
+    os.makedirs(dest)
+    for name in present:
+        os.replace(os.path.join(workdir, name), os.path.join(dest, name))
+    return dest
+
+
+def ensure_sidecar(path, step):
+    """Write the sidecar of checkpoint `path` (step `step`) if it has none that fits it: a run
+    killed between a checkpoint and its sidecar left it missing. True when it was written."""
+    if read_sidecar(path) is not None:
+        return False
+    write_sidecar(path, step)
+    return True
+
+
 def save_training_state(path, model, config, ema, optimizer, step, extra=None):
     """Write the full training state to `path` (atomically) and its sidecar; `extra` holds the
     data order ('data_order') and, with fp16, the gradient scaler ('grad_scaler')."""

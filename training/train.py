@@ -1,7 +1,8 @@
 """The training loop: one process, or many under torchrun with DistributedDataParallel.
 
 `train(config, workdir)` resumes from `<workdir>/checkpoints-meta/checkpoint.pth` when it exists
-and otherwise starts from scratch. Each step t (counting finished updates from 0):
+and otherwise starts from scratch (a workdir with a history but no readable checkpoint is
+refused; `restart=True` moves such a history aside and starts afresh). Each step t (counting finished updates from 0):
 
   1. the next global batch of the resumable data order (`training.pipeline.BatchOrder`); this
      process takes its rows (`shard_slice`);
@@ -37,8 +38,9 @@ from networks import ExponentialMovingAverage, create_model, fused_adam_kwargs
 from networks.runtime import RuntimeOptions, fast_math, prepare_model
 from sde_lib import get_sde
 from sde_lib.fileio import WorkdirLock, WorkdirLockedError, remove_stale_temps
-from training.checkpoints import (PERIODIC_DIR, latest_checkpoint, meta_path, periodic_path,
-                                  restore_training_state, save_training_state)
+from training.checkpoints import (PERIODIC_DIR, ensure_sidecar, meta_path, move_history_aside,
+                                  periodic_path, restore_training_state, resume_point,
+                                  save_training_state)
 from training.data import load_dataset
 from training.distributed import (StopSignals, all_reduce_mean, any_process, barrier, collective,
                                   init_distributed)
@@ -61,6 +63,20 @@ def _written_dirs(workdir):
     if os.path.isdir(samples):
         out += [e.path for e in os.scandir(samples) if e.is_dir()]
     return out
+
+
+def _complete_checkpoint(workdir, path, step, logger):
+    """Recreate what a kill between saving checkpoint `path` (at `step`) and its sidecar or log
+    record left missing: the sidecar, and for a periodic checkpoint its log record."""
+    ensure_sidecar(path, step)
+    if os.path.dirname(os.path.abspath(path)) != os.path.abspath(os.path.join(workdir,
+                                                                              PERIODIC_DIR)):
+        return
+    logged = any(r.get("event") == "checkpoint" and r.get("step") == step
+                 for r in read_log(logger.path) if isinstance(r, dict)) \
+        if os.path.isfile(logger.path) else False
+    if not logged:
+        logger.log({"event": "checkpoint", "path": path}, step=step)
 
 
 def _quiet(*args, **kwargs):
@@ -105,10 +121,14 @@ def wrap_for_training(model, options, info):
 
 
 def train(config, workdir, *, info=None, device=None, data_dir=None, progress=True,
-          stop_after=None, log=print, lock=True):
+          stop_after=None, log=print, lock=True, restart=False):
     """Train (or resume) as `config` says, writing into `workdir`. Returns a summary dict.
 
     stop_after: return after this many steps of this call (the run stays resumable).
+    restart: start from step 0, moving the workdir's history (log, checkpoints, samples) into
+    `<workdir>/history-<time>` first (`training.checkpoints.move_history_aside`). Without it a
+    workdir whose history has no readable checkpoint is refused (TrainingHistoryError naming
+    the unreadable files) before anything is written.
     lock: hold the workdir's lock (`sde_lib.fileio.WorkdirLock`) for the run, so a second run
     on the same workdir fails at once naming this one's pid and host. Under DDP rank 0 holds
     it (the ranks of one run share the workdir) and every rank stops if rank 0 cannot get it.
@@ -128,13 +148,13 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
             raise error
         raise WorkdirLockedError(workdir, {"pid": "(see rank 0)", "host": "(see rank 0)"})
     try:
-        return _train(config, workdir, info, data_dir, progress, stop_after, log)
+        return _train(config, workdir, info, data_dir, progress, stop_after, log, restart)
     finally:
         if workdir_lock is not None:
             workdir_lock.release()
 
 
-def _train(config, workdir, info, data_dir, progress, stop_after, log):
+def _train(config, workdir, info, data_dir, progress, stop_after, log, restart=False):
 
     device = info.device
     tr = config.training
@@ -149,10 +169,17 @@ def _train(config, workdir, info, data_dir, progress, stop_after, log):
     seed = int(config.seed)
 
     if info.is_main:
-        os.makedirs(os.path.join(workdir, PERIODIC_DIR), exist_ok=True)
-        os.makedirs(os.path.dirname(meta_path(workdir)), exist_ok=True)
         for path in remove_stale_temps(*_written_dirs(workdir)):
             log(f"removed {path}, left by a writer that died")
+        moved = move_history_aside(workdir) if restart else None
+        if moved is not None:
+            log(f"restarting from step 0: the earlier history of {workdir} is in {moved}")
+    barrier(info)
+    # Before anything is written: a history whose checkpoints are all unreadable is refused.
+    resumed_from = resume_point(workdir, warn=None if info.is_main else _quiet)
+    if info.is_main:
+        os.makedirs(os.path.join(workdir, PERIODIC_DIR), exist_ok=True)
+        os.makedirs(os.path.dirname(meta_path(workdir)), exist_ok=True)
 
     options = RuntimeOptions.from_config(config)
     model, ema, optimizer = build_state(config, device)
@@ -163,7 +190,6 @@ def _train(config, workdir, info, data_dir, progress, stop_after, log):
     order = BatchOrder(len(train_ds), B, seed)
 
     step = 0
-    resumed_from = latest_checkpoint(workdir, warn=None if info.is_main else _quiet)
     interval_loss = torch.zeros((), device=device)
     interval_n = 0
     if resumed_from is not None:
@@ -180,6 +206,8 @@ def _train(config, workdir, info, data_dir, progress, stop_after, log):
             log(f"resuming from {resumed_from} at step {step}")
     # Records of steps after the resumed one came from a run that died before saving them.
     logger = RunLogger(workdir, enabled=info.is_main, start_step=step)
+    if resumed_from is not None and info.is_main:
+        _complete_checkpoint(workdir, resumed_from, step, logger)
     barrier(info)
 
     net = wrap_for_training(model, options, info)
