@@ -29,6 +29,7 @@ from networks.registry import create_model
 from networks import safetensors_io
 from networks.runtime import unwrap_model
 from networks.safetensors_io import looks_like_safetensors
+from networks.sizes import check_against_weights, state_count
 
 FORMAT = 'sde_toolkit/1'
 _DP_PREFIX = 'module.'
@@ -286,8 +287,10 @@ def load_checkpoint(path, config, ema=True, map_location='cpu', check_config=Tru
                 raise CheckpointError(f"{what} was saved with another model config: "
                                       + '; '.join(diffs) + " (pass check_config=False to load "
                                       "anyway, still strictly by key and shape)")
+    state = model_state(ckpt)
+    check_against_weights(config, state_count(state), what)  # before the network is built
     model = create_model(config, device='cpu')
-    notes = load_model_state(model, model_state(ckpt), what)
+    notes = load_model_state(model, state, what)
     if ema:
         notes += load_ema_weights(model, ckpt.get('ema'), what)
     _warn_notes(notes)

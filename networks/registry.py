@@ -4,6 +4,7 @@ registry class `sde_lib.registry.Registry`, and `create_model` (config -> networ
 import torch
 
 import configs
+from networks.sizes import check_model_config
 from sde_lib.registry import Registry
 
 MODELS = Registry("model")
@@ -31,12 +32,14 @@ def model_names():
 def create_model(config, device=None):
     """The network named by `config.model.name`, built from `config`, on `device` (default
     `config.device`; 'auto' means CUDA when available, else CPU: `configs.resolve_device`).
-    No DataParallel wrapper."""
-    model = get_model_class(config.model.name)(config)
+    No DataParallel wrapper. The config's sizes are checked first (`networks.sizes`): a network
+    that cannot fit in the device's memory is refused, naming the field, before any allocation."""
+    cls = get_model_class(config.model.name)
     if device is None:
         device = config.get('device', configs.AUTO_DEVICE)
     try:
         resolved = torch.device(configs.resolve_device(device))
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"config.device = {device!r} is not a device: {e}") from None
-    return model.to(resolved)
+    check_model_config(config, device=resolved)
+    return cls(config).to(resolved)

@@ -36,6 +36,7 @@ import torch
 
 from networks import ExponentialMovingAverage, create_model, fused_adam_kwargs
 from networks.runtime import RuntimeOptions, fast_math, prepare_model
+from networks.sizes import check_model_config
 from sde_lib import get_sde
 from sde_lib.fileio import WorkdirLock, WorkdirLockedError, remove_stale_temps
 from training.checkpoints import (PERIODIC_DIR, ensure_sidecar, meta_path, move_history_aside,
@@ -93,9 +94,14 @@ def _every(step, freq):
     return freq is not None and freq > 0 and step % freq == 0
 
 
-def build_state(config, device):
+def build_state(config, device, batch=None):
     """Model (seeded by config.seed, identical on every process), EMA and optimizer (fused
-    Adam on CUDA)."""
+    Adam on CUDA). First, a network and training state that cannot fit in the device's memory
+    (weights, gradients, EMA, Adam's two moments, and the activations of `batch` images, default
+    config.training.batch_size) is refused naming the field (`networks.sizes`)."""
+    check_model_config(config, device=device, copies=5, grad=True,
+                       batch=int(config.training.batch_size) if batch is None else batch,
+                       batch_field="training.batch_size", what="training this network")
     torch.manual_seed(int(config.seed))
     model = create_model(config, device=device)
     ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
@@ -168,6 +174,14 @@ def _train(config, workdir, info, data_dir, progress, stop_after, log, restart=F
                          f"batch {local}")
     seed = int(config.seed)
 
+    options = RuntimeOptions.from_config(config)
+    model, ema, optimizer = build_state(config, device, batch=local // accum)
+    scaler = torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
+    sde = get_sde(config)
+    loss_fn = get_loss_fn(config, sde)
+    train_ds = load_dataset(config, "train", data_dir=data_dir)
+    order = BatchOrder(len(train_ds), B, seed)
+
     if info.is_main:
         for path in remove_stale_temps(*_written_dirs(workdir)):
             log(f"removed {path}, left by a writer that died")
@@ -177,17 +191,6 @@ def _train(config, workdir, info, data_dir, progress, stop_after, log, restart=F
     barrier(info)
     # Before anything is written: a history whose checkpoints are all unreadable is refused.
     resumed_from = resume_point(workdir, warn=None if info.is_main else _quiet)
-    if info.is_main:
-        os.makedirs(os.path.join(workdir, PERIODIC_DIR), exist_ok=True)
-        os.makedirs(os.path.dirname(meta_path(workdir)), exist_ok=True)
-
-    options = RuntimeOptions.from_config(config)
-    model, ema, optimizer = build_state(config, device)
-    scaler = torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
-    sde = get_sde(config)
-    loss_fn = get_loss_fn(config, sde)
-    train_ds = load_dataset(config, "train", data_dir=data_dir)
-    order = BatchOrder(len(train_ds), B, seed)
 
     step = 0
     interval_loss = torch.zeros((), device=device)
@@ -204,6 +207,9 @@ def _train(config, workdir, info, data_dir, progress, stop_after, log, restart=F
             interval_n = int(extra["log_interval"]["n"])
         if info.is_main:
             log(f"resuming from {resumed_from} at step {step}")
+    if info.is_main:  # only now that the config, the data and the state have been checked
+        os.makedirs(os.path.join(workdir, PERIODIC_DIR), exist_ok=True)
+        os.makedirs(os.path.dirname(meta_path(workdir)), exist_ok=True)
     # Records of steps after the resumed one came from a run that died before saving them.
     logger = RunLogger(workdir, enabled=info.is_main, start_step=step)
     if resumed_from is not None and info.is_main:

@@ -38,14 +38,16 @@ import os
 
 from networks.checkpoint import load_model_state
 from networks.diffusers.architecture import (_architecture, _full_unet_config, _name_dataset,
-                                             diffusers_config, toolkit_config)
+                                             check_unet_values, diffusers_config,
+                                             toolkit_config)
 from networks.diffusers.errors import DiffusersError, DiffusersInfo
 from networks.diffusers.files import (CONFIG_FILE, SCHEDULER_FILE, WEIGHT_FILES, _resolve,
                                       read_weights)
 from networks.diffusers.scheduler import (_convention, scheduler_config,
                                           sde_from_scheduler)
 from networks.diffusers.weights import _to_diffusers, map_state, weight_map
-from networks.registry import get_model_class
+from networks.registry import create_model
+from networks.sizes import ModelConfigError, check_against_weights, state_count
 from networks.runtime import unwrap_model
 
 
@@ -60,12 +62,17 @@ def from_diffusers(source, scheduler=None, device='cpu'):
     Raises DiffusersError for what cannot be read or represented, naming it."""
     unet_cfg, state, sched_cfg, desc, notes = _resolve(source, scheduler)
     cfg = _full_unet_config(unet_cfg)
+    check_unet_values(cfg)  # values and sizes, before anything is derived or allocated
     family, levels, attn, _ = _architecture(cfg)
     sde, continuous, more = sde_from_scheduler(sched_cfg, family)
     notes += more
     config = toolkit_config(unet_cfg, sde, continuous, sched_cfg)
     _name_dataset(config, desc, notes)
-    model = get_model_class(config.model.name)(config)
+    try:  # the weights file must fill the network before it is built
+        check_against_weights(config, state_count(state), f"diffusers model {desc!r}")
+    except ModelConfigError as e:
+        raise DiffusersError(str(e)) from None
+    model = create_model(config, device='cpu')
     entries = weight_map(model, family, levels, int(cfg['layers_per_block']), attn)
     mapped, cast = map_state(model, state, entries, f"diffusers model {desc!r}")
     notes += cast

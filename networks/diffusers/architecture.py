@@ -40,6 +40,63 @@ def _full_unet_config(cfg):
     return full
 
 
+def _fail(where, key, value, reason):
+    raise DiffusersError(f"{where}{key} = {value!r}: {reason}")
+
+
+def _number(cfg, key, where, low=None, high=None, strict_low=False, strict_high=False):
+    """cfg[key] as a finite number within the bounds, else a DiffusersError naming it."""
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        _fail(where, key, v, "must be a finite number")
+    if low is not None and (v <= low if strict_low else v < low):
+        _fail(where, key, v, f"must be {'>' if strict_low else '>='} {low}")
+    if high is not None and (v >= high if strict_high else v > high):
+        _fail(where, key, v, f"must be {'<' if strict_high else '<='} {high}")
+
+
+# UNet2DModel keys that size the network -> the toolkit's config fields they become.
+SIZE_FIELDS = {'model.ch_mult': 'block_out_channels', 'model.num_res_blocks': 'layers_per_block',
+               'data.image_size': 'sample_size', 'data.num_channels': 'in_channels'}
+
+
+def check_unet_values(cfg, device=None, where='config.json: '):
+    """Check the values of a full UNet2DModel config (`_full_unet_config`) before anything is
+    derived from them: whole numbers, finite and positive where they must be; then that a
+    lower bound on the network's memory fits (`networks.sizes.check_model_config`). A
+    DiffusersError names the key."""
+    from networks.sizes import ModelConfigError, check_model_config, whole, whole_list
+    try:
+        chans = whole_list('block_out_channels', cfg['block_out_channels'], where)
+        blocks = whole('layers_per_block', cfg['layers_per_block'], 1, where)
+        for key in ('in_channels', 'out_channels'):
+            whole(key, cfg[key], 1, where)
+        size = cfg['sample_size']
+        if isinstance(size, (list, tuple)):
+            size = whole_list('sample_size', size, where)[0]
+        size = whole('sample_size', size, 1, where)
+        for key in ('attention_head_dim', 'norm_num_groups', 'attn_norm_num_groups',
+                    'time_embedding_dim', 'num_class_embeds'):
+            if cfg[key] is not None:
+                whole(key, cfg[key], 1, where)
+        whole('downsample_padding', cfg['downsample_padding'], 0, where)
+    except ModelConfigError as e:
+        raise DiffusersError(str(e)) from None
+    _number(cfg, 'norm_eps', where, low=0, strict_low=True)
+    _number(cfg, 'dropout', where, low=0, high=1, strict_high=True)
+    _number(cfg, 'mid_block_scale_factor', where)
+    _number(cfg, 'freq_shift', where)
+    for key in ('down_block_types', 'up_block_types'):
+        if not all(isinstance(b, str) for b in cfg[key]):
+            _fail(where, key, cfg[key], "must be a list of block names")
+    sizes = {'model': {'nf': 1, 'ch_mult': chans, 'num_res_blocks': blocks},
+             'data': {'image_size': size, 'num_channels': int(cfg['in_channels'])}}
+    try:
+        check_model_config(sizes, device=device, what='the diffusers model')
+    except ModelConfigError as e:
+        raise DiffusersError(str(e.renamed(SIZE_FIELDS, where, cfg))) from None
+
+
 def _groups(c):
     """NCSN++'s GroupNorm group count."""
     return min(c // 4, 32)

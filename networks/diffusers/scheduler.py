@@ -1,5 +1,7 @@
 """Diffusers schedulers as the toolkit's SDEs, and the reverse."""
 
+import math
+
 from networks.diffusers.errors import DiffusersError
 
 # Scheduler defaults (diffusers' ScoreSdeVeScheduler, DDPMScheduler, ScoreSdeVpScheduler).
@@ -9,6 +11,28 @@ DDPM_DEFAULTS = {'num_train_timesteps': 1000, 'beta_start': 0.0001, 'beta_end': 
                  'beta_schedule': 'linear', 'trained_betas': None, 'prediction_type': 'epsilon'}
 SCORE_SDE_VP_DEFAULTS = {'num_train_timesteps': 2000, 'beta_min': 0.1, 'beta_max': 20.0,
                          'sampling_eps': 1e-3}
+
+
+_POSITIVE = ('sigma_min', 'sigma_max', 'beta_start', 'beta_end', 'beta_min', 'beta_max')
+
+
+def check_scheduler_values(s, where='scheduler config: '):
+    """The values of a scheduler config (defaults filled in) that become an SDE: a positive
+    whole num_train_timesteps, finite positive sigmas and betas; DiffusersError naming the key.
+    its noise levels must fit in memory. Returns num_train_timesteps as an int."""
+    from networks.sizes import ModelConfigError, check_model_config, whole
+    for key in _POSITIVE:
+        v = s.get(key)
+        if key in s and (isinstance(v, bool) or not isinstance(v, (int, float)) or
+                         not math.isfinite(v) or v <= 0):
+            raise DiffusersError(f"{where}{key} = {v!r}: must be a finite positive number")
+    try:
+        n = whole('num_train_timesteps', s.get('num_train_timesteps'), 1, where)
+        check_model_config({'model': {'num_scales': n}}, what='the SDE of the scheduler')
+    except ModelConfigError as e:
+        raise DiffusersError(str(e.renamed({'model.num_scales': 'num_train_timesteps'}, where,
+                                           s))) from None
+    return n
 
 
 def sde_from_scheduler(scheduler_config, family):
@@ -29,6 +53,7 @@ def sde_from_scheduler(scheduler_config, family):
             'ScoreSdeVpScheduler' if 'beta_max' in scheduler_config else 'DDPMScheduler')
     if name == 'ScoreSdeVeScheduler':
         s = {**SCORE_SDE_VE_DEFAULTS, **scheduler_config}
+        check_scheduler_values(s)
         if family != 'ncsnpp':
             raise DiffusersError(f"a {name} with a DDPM network: the toolkit maps VE models "
                                  f"with NCSN++ skip blocks only")
@@ -36,12 +61,14 @@ def sde_from_scheduler(scheduler_config, family):
                      N=int(s['num_train_timesteps'])), True, notes
     if name == 'ScoreSdeVpScheduler':
         s = {**SCORE_SDE_VP_DEFAULTS, **scheduler_config}
+        check_scheduler_values(s)
         if family != 'ddpm':
             raise DiffusersError(f"a {name} with an NCSN++ (fourier) network is not mapped")
         return VPSDE(beta_min=float(s['beta_min']), beta_max=float(s['beta_max']),
                      N=int(s['num_train_timesteps'])), True, notes
     if 'beta_start' in scheduler_config or name == 'DDPMScheduler':
         s = {**DDPM_DEFAULTS, **scheduler_config}
+        check_scheduler_values(s)
         problems = []
         if s['beta_schedule'] != 'linear':
             problems.append(f"beta_schedule {s['beta_schedule']!r} (the VP SDE's discrete "
