@@ -1,4 +1,6 @@
-"""Parameter sets and closed forms shared by several test files."""
+"""Parameter sets, closed forms and hostile objects shared by several test files."""
+
+import os
 
 import torch
 
@@ -23,3 +25,13 @@ def exact_flow(sde, mu, cov, x, t0, t1):
     v0, v1 = a0 ** 2 * lam + s0 ** 2, a1 ** 2 * lam + s1 ** 2
     y = (x.double() - a0 * mu) @ U
     return a1 * mu + (y * torch.sqrt(v1 / v0)) @ U.T
+
+
+class Payload:
+    """Unpickling this would create the folder `marker`: a loader must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))

@@ -23,6 +23,8 @@ import networks
 from networks.diffusers import DiffusersError
 from sde_lib import VESDE, VPSDE
 
+from cases import Payload
+
 
 def _randomize(unet, seed):
     """Random weights everywhere (diffusers zero-initialises nothing here, but make the
@@ -176,14 +178,6 @@ def test_missing_unknown_and_misshaped_weights_are_named(tmp_path):
         networks.from_diffusers(tmp_path)
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.makedirs, (self.marker,))
-
-
 def _advises_unsafe_loading(message):
     text = message.lower()
     return 'weights_only=false' in text or 'weights_only` set to `false' in text or \
@@ -195,7 +189,7 @@ def test_a_pickle_in_the_weights_is_refused_without_advising_unsafe_loading(tmp_
     unet.save_pretrained(tmp_path, safe_serialization=False)
     marker = tmp_path / 'was_unpickled'
     state = torch.load(tmp_path / 'diffusion_pytorch_model.bin', weights_only=True)
-    torch.save({**state, 'payload': _Payload(str(marker))},
+    torch.save({**state, 'payload': Payload(str(marker))},
                tmp_path / 'diffusion_pytorch_model.bin')
     with pytest.raises(DiffusersError, match='posix.makedirs|os.makedirs') as err:
         networks.from_diffusers(tmp_path)

@@ -15,6 +15,8 @@ import networks
 from networks import CheckpointError, ExponentialMovingAverage, get_score_fn
 from sde_lib import VESDE, VPSDE, subVPSDE
 
+from cases import Payload
+
 @pytest.fixture(scope="module")
 def fixture(score_sde_ncsnpp):
     """The original code's NCSN++ checkpoint and outputs (tests/conftest.py)."""
@@ -144,20 +146,10 @@ def test_missing_file(tmp_path):
         networks.read_checkpoint(tmp_path / "nowhere.pth")
 
 
-class _Payload:
-    """Unpickling this would create a directory: the loader must refuse it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.makedirs, (self.marker,))
-
-
 def test_arbitrary_objects_are_refused(tmp_path):
     marker = tmp_path / "was_unpickled"
     bad = tmp_path / "evil.pth"
-    torch.save({"model": {}, "step": 0, "payload": _Payload(str(marker))}, bad)
+    torch.save({"model": {}, "step": 0, "payload": Payload(str(marker))}, bad)
     with pytest.raises(CheckpointError, match="refusing to load .*evil.pth"):
         networks.read_checkpoint(bad)
     assert not marker.exists()
