@@ -24,6 +24,9 @@ OPTIONAL_FIELDS = {
     'data.download': (bool, 'download CIFAR10 / MNIST when their files are missing (True)'),
     'model.attn_every_up_block': (bool, 'DDPM: attention after every up-path block, as the '
                                         'original DDPM and diffusers (False: once per level)'),
+    'model.attention_head_dim': (int, 'NCSN++: channels per attention head (None: one head)'),
+    'model.group_rule': (str, "NCSN++ GroupNorm groups: 'ncsnpp' (min(C // 4, 32)) or "
+                              "'diffusers' (its skip blocks' rule)"),
     'training.objective': (str, "training objective: 'dsm' (default), 'ssm', 'ssm_vr', 'exact_sm'"),
     'training.ssm_n_particles': (int, 'projections per sample of sliced score matching (1)'),
     'training.ssm_noise_type': (str, "projections of sliced score matching ('rademacher')"),

@@ -111,15 +111,17 @@ class NIN(nn.Module):
         return torch.einsum('bchw,co->bohw', x, self.W) + self.b[:, None, None]
 
 
-def self_attention(x, norm, nin_q, nin_k, nin_v, nin_out):
-    """Single-head self-attention over the H*W positions of x [B, C, H, W]:
-    NIN_out(softmax(q k^T / sqrt(C)) v) with q, k, v = NIN_q/k/v(norm(x)); the residual is the
-    caller's."""
+def self_attention(x, norm, nin_q, nin_k, nin_v, nin_out, heads=1):
+    """Self-attention over the H*W positions of x [B, C, H, W] with `heads` heads of d = C / heads
+    channels each (channel c in head c // d): NIN_out(concat_h softmax(q_h k_h^T / sqrt(d)) v_h)
+    with q, k, v = NIN_q/k/v(norm(x)) (Vaswani et al. 2017, Sec. 3.2.2; one head as in DDPM and
+    NCSN++); the residual is the caller's."""
     B, C, H, W = x.shape
     tokens = norm(x).reshape(B, C, H * W).transpose(1, 2)  # [B, HW, C]
-    q, k, v = (F.linear(tokens, m.W.t(), m.b)[:, None] for m in (nin_q, nin_k, nin_v))
-    h = F.scaled_dot_product_attention(q, k, v)[:, 0]  # default scale 1/sqrt(C)
-    h = F.linear(h, nin_out.W.t(), nin_out.b)
+    q, k, v = (F.linear(tokens, m.W.t(), m.b).reshape(B, H * W, heads, C // heads).transpose(1, 2)
+               for m in (nin_q, nin_k, nin_v))
+    h = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, d]; default scale 1/sqrt(d)
+    h = F.linear(h.transpose(1, 2).reshape(B, H * W, C), nin_out.W.t(), nin_out.b)
     return h.transpose(1, 2).reshape(B, C, H, W)
 
 
@@ -178,11 +180,11 @@ def ddpm_group_norm(channels):
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6)
 
 
-def add_residual_layers(block, norm, in_ch, out_ch, temb_dim, dropout, init_scale):
-    """The layers of every DDPM-style residual block, under the original's names: GroupNorm_0,
-    Conv_0 (3x3, in_ch -> out_ch), Dense_0 (from the time embedding, when `temb_dim`),
-    GroupNorm_1, Dropout_0, Conv_1 (3x3, `init_scale`)."""
-    block.GroupNorm_0 = norm(in_ch)
+def add_residual_layers(block, norm, in_ch, out_ch, temb_dim, dropout, init_scale, in_norm=None):
+    """The layers of every DDPM-style residual block, under the original's names: GroupNorm_0
+    (`in_norm` when given, else `norm`), Conv_0 (3x3, in_ch -> out_ch), Dense_0 (from the time
+    embedding, when `temb_dim`), GroupNorm_1, Dropout_0, Conv_1 (3x3, `init_scale`)."""
+    block.GroupNorm_0 = (in_norm or norm)(in_ch)
     block.Conv_0 = ddpm_conv3x3(in_ch, out_ch)
     if temb_dim is not None:
         block.Dense_0 = dense(temb_dim, out_ch)
@@ -206,10 +208,10 @@ class ResnetBlockDDPM(nn.Module):
     and `skip_rescale` (the sum divided by sqrt(2)) are NCSN++'s variations (layerspp)."""
 
     def __init__(self, act, in_ch, out_ch=None, temb_dim=None, conv_shortcut=False, dropout=0.1,
-                 *, norm=ddpm_group_norm, init_scale=0., skip_rescale=False):
+                 *, norm=ddpm_group_norm, init_scale=0., skip_rescale=False, in_norm=None):
         super().__init__()
         out_ch = out_ch or in_ch
-        add_residual_layers(self, norm, in_ch, out_ch, temb_dim, dropout, init_scale)
+        add_residual_layers(self, norm, in_ch, out_ch, temb_dim, dropout, init_scale, in_norm)
         self.act = act
         if in_ch != out_ch:
             if conv_shortcut:

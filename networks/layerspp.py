@@ -4,6 +4,7 @@ attention with optional 1/sqrt(2) rescaling, FIR resampling and the DDPM / BigGA
 Module and parameter names follow score_sde_pytorch so that its checkpoints load unchanged.
 """
 
+import functools
 import math
 
 import torch
@@ -18,9 +19,17 @@ conv1x1 = ddpm_conv1x1
 conv3x3 = ddpm_conv3x3
 
 
-def group_norm(channels):
-    """The NCSN++ GroupNorm: min(C // 4, 32) groups, eps 1e-6."""
-    return nn.GroupNorm(num_groups=min(channels // 4, 32), num_channels=channels, eps=1e-6)
+def group_norm(channels, groups=None):
+    """The NCSN++ GroupNorm: min(C // 4, 32) groups unless `groups` says otherwise, eps 1e-6."""
+    groups = min(channels // 4, 32) if groups is None else groups
+    if groups < 1 or channels % groups:
+        raise ValueError(f"GroupNorm: {groups} groups do not divide {channels} channels")
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6)
+
+
+def _groups_norm(groups):
+    """A GroupNorm factory with a fixed group count (None: NCSN++'s rule)."""
+    return None if groups is None else functools.partial(group_norm, groups=groups)
 
 
 class GaussianFourierProjection(nn.Module):
@@ -52,19 +61,25 @@ class Combine(nn.Module):
 
 
 class AttnBlockpp(nn.Module):
-    """Self-attention over pixels with a residual connection, optionally rescaled by 1/sqrt(2)."""
+    """Self-attention over pixels with a residual connection, optionally rescaled by 1/sqrt(2);
+    `heads` attention heads (one in NCSN++), a GroupNorm of `groups` groups (default NCSN++'s
+    min(C // 4, 32))."""
 
-    def __init__(self, channels, skip_rescale=False, init_scale=0.):
+    def __init__(self, channels, skip_rescale=False, init_scale=0., heads=1, groups=None):
         super().__init__()
-        self.GroupNorm_0 = group_norm(channels)
+        if heads < 1 or channels % heads:
+            raise ValueError(f"{heads} attention heads do not divide {channels} channels")
+        self.GroupNorm_0 = group_norm(channels, groups)
         self.NIN_0 = NIN(channels, channels)
         self.NIN_1 = NIN(channels, channels)
         self.NIN_2 = NIN(channels, channels)
         self.NIN_3 = NIN(channels, channels, init_scale=init_scale)
         self.skip_rescale = skip_rescale
+        self.heads = heads
 
     def forward(self, x):
-        h = self_attention(x, self.GroupNorm_0, self.NIN_0, self.NIN_1, self.NIN_2, self.NIN_3)
+        h = self_attention(x, self.GroupNorm_0, self.NIN_0, self.NIN_1, self.NIN_2, self.NIN_3,
+                           heads=self.heads)
         return residual_sum(x, h, self.skip_rescale)
 
 
@@ -125,26 +140,30 @@ class Downsample(_Resample):
 
 
 class ResnetBlockDDPMpp(ResnetBlockDDPM):
-    """DDPM residual block with NCSN++ group counts (`group_norm`) and optional 1/sqrt(2) skip
-    rescaling."""
+    """DDPM residual block with NCSN++ group counts (`group_norm`; `in_groups` for the first
+    GroupNorm) and optional 1/sqrt(2) skip rescaling."""
 
     def __init__(self, act, in_ch, out_ch=None, temb_dim=None, conv_shortcut=False, dropout=0.1,
-                 skip_rescale=False, init_scale=0.):
+                 skip_rescale=False, init_scale=0., in_groups=None):
         super().__init__(act, in_ch, out_ch, temb_dim, conv_shortcut, dropout, norm=group_norm,
-                         init_scale=init_scale, skip_rescale=skip_rescale)
+                         init_scale=init_scale, skip_rescale=skip_rescale,
+                         in_norm=_groups_norm(in_groups))
 
 
 class ResnetBlockBigGANpp(nn.Module):
     """BigGAN-style residual block (Brock et al. 2019) whose resampling (`up` / `down` by 2, FIR or
-    naive) happens inside the block, on both the residual and the shortcut path."""
+    naive) happens inside the block, on both the residual and the shortcut path; `in_groups`:
+    the first GroupNorm's group count (default NCSN++'s rule)."""
 
     def __init__(self, act, in_ch, out_ch=None, temb_dim=None, up=False, down=False, dropout=0.1,
-                 fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True, init_scale=0.):
+                 fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True, init_scale=0.,
+                 in_groups=None):
         super().__init__()
         if up and down:
             raise ValueError("ResnetBlockBigGANpp: up and down cannot both be set")
         out_ch = out_ch or in_ch
-        add_residual_layers(self, group_norm, in_ch, out_ch, temb_dim, dropout, init_scale)
+        add_residual_layers(self, group_norm, in_ch, out_ch, temb_dim, dropout, init_scale,
+                            _groups_norm(in_groups))
         self.up, self.down = up, down
         self.fir = fir
         self.fir_kernel = tuple(fir_kernel)

@@ -9,6 +9,13 @@ Time conditioning (`forward(x, time_cond)`):
     embedding is of log sigma, and with `scale_by_sigma` the output is divided by sigma.
   * embedding_type 'positional': `time_cond` is a time label [B] (VP/sub-VP: 999 * t, or a discrete
     index); with `scale_by_sigma` the output is divided by `sigmas[time_cond.long()]`.
+
+Two optional fields cover the layouts diffusers' NCSN++ blocks build: `model.attention_head_dim`
+(None: one attention head, as the original; d: C / d heads of d channels in every attention
+layer) and `model.group_rule` ('ncsnpp': min(C // 4, 32) GroupNorm groups everywhere;
+'diffusers': as diffusers' skip blocks, 32 groups in the attention of attention levels and
+min(h + skip // 4, 32) in the first GroupNorm of their up-path blocks; the two agree from 128
+channels on).
 """
 
 import torch
@@ -23,6 +30,7 @@ _PROGRESSIVE_INPUT = ('none', 'input_skip', 'residual')
 _EMBEDDINGS = ('fourier', 'positional')
 _COMBINE = ('sum', 'cat')
 _RESBLOCKS = ('ddpm', 'biggan')
+_GROUP_RULES = ('ncsnpp', 'diffusers')
 
 
 def _choice(value, allowed, field):
@@ -97,11 +105,15 @@ def add_down_blocks(modules, hs_c, in_ch, out_ch, n_blocks, resnet_block, attn_b
     return in_ch
 
 
-def add_up_blocks(modules, hs_c, in_ch, out_ch, n_blocks, resnet_block, attn_block=None):
+def add_up_blocks(modules, hs_c, in_ch, out_ch, n_blocks, resnet_block, attn_block=None,
+                  in_groups=None):
     """`n_blocks` + 1 ResNet blocks of one up-path level on [h, skip] (widths popped from `hs_c`),
-    each followed by `attn_block` when given. Returns the width."""
+    each followed by `attn_block` when given; `in_groups(h width, skip width)` gives the first
+    GroupNorm's group count when set. Returns the width."""
     for _ in range(n_blocks + 1):
-        modules.append(resnet_block(in_ch + hs_c.pop(), out_ch))
+        skip = hs_c.pop()
+        extra = {} if in_groups is None else {'in_groups': in_groups(in_ch, skip)}
+        modules.append(resnet_block(in_ch + skip, out_ch, **extra))
         in_ch = out_ch
         if attn_block is not None:
             modules.append(attn_block(in_ch))
@@ -172,18 +184,34 @@ class NCSNpp(nn.Module):
             modules.append(layers.dense(embed_dim, temb_dim))
             modules.append(layers.dense(temb_dim, temb_dim))
 
-        def attn_block(ch):
-            return layerspp.AttnBlockpp(channels=ch, init_scale=init_scale, skip_rescale=skip_rescale)
+        head_dim = m.get('attention_head_dim', None)
+        diffusers_groups = _choice(m.get('group_rule', 'ncsnpp'), _GROUP_RULES,
+                                   'group_rule') == 'diffusers'
 
-        def resnet_block(in_ch, out_ch=None, up=False, down=False):
+        def attn_block(ch, level=True):
+            if head_dim is not None and (int(head_dim) < 1 or ch % int(head_dim)):
+                raise ValueError(f"config.model.attention_head_dim = {head_dim} does not divide "
+                                 f"the {ch} channels of an attention layer")
+            # diffusers' AttnSkip*Block2D normalise with 32 groups; its mid block as NCSN++
+            return layerspp.AttnBlockpp(channels=ch, init_scale=init_scale, skip_rescale=skip_rescale,
+                                        heads=1 if head_dim is None else ch // int(head_dim),
+                                        groups=32 if diffusers_groups and level else None)
+
+        def resnet_block(in_ch, out_ch=None, up=False, down=False, in_groups=None):
             if resblock_type == 'ddpm':
                 return layerspp.ResnetBlockDDPMpp(act=act, in_ch=in_ch, out_ch=out_ch, temb_dim=temb_dim,
                                                   dropout=dropout, init_scale=init_scale,
-                                                  skip_rescale=skip_rescale)
+                                                  skip_rescale=skip_rescale, in_groups=in_groups)
             return layerspp.ResnetBlockBigGANpp(act=act, in_ch=in_ch, out_ch=out_ch, temb_dim=temb_dim,
                                                 up=up, down=down, dropout=dropout, fir=fir,
                                                 fir_kernel=fir_kernel, init_scale=init_scale,
-                                                skip_rescale=skip_rescale)
+                                                skip_rescale=skip_rescale, in_groups=in_groups)
+
+        def up_groups(level):
+            """diffusers' AttnSkipUpBlock2D: min(h + skip // 4, 32) groups (its precedence)."""
+            if diffusers_groups and self.attn_at_level[level]:
+                return lambda h_ch, skip_ch: min(h_ch + skip_ch // 4, 32)
+            return None
 
         def end_conv(in_ch, out_ch, **kw):
             return [layerspp.group_norm(in_ch), layerspp.conv3x3(in_ch, out_ch, **kw)]
@@ -220,13 +248,13 @@ class NCSNpp(nn.Module):
 
         # Bottleneck.
         in_ch = hs_c[-1]
-        modules += [resnet_block(in_ch), attn_block(in_ch), resnet_block(in_ch)]
+        modules += [resnet_block(in_ch), attn_block(in_ch, level=False), resnet_block(in_ch)]
 
         # Upsampling path.
         pyramid_ch = 0
         for i_level in reversed(range(num_resolutions)):
             in_ch = add_up_blocks(modules, hs_c, in_ch, nf * ch_mult[i_level], num_res_blocks,
-                                  resnet_block)
+                                  resnet_block, in_groups=up_groups(i_level))
             if self.attn_at_level[i_level]:
                 modules.append(attn_block(in_ch))
             if progressive != 'none':

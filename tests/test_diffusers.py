@@ -51,6 +51,34 @@ def ncsnpp_unet(seed=0):
     ), seed)
 
 
+def ncsnpp_heads_unet(seed=2):
+    """diffusers' own NCSN++ test layout: narrow levels (attention on 64 channels, where
+    diffusers' skip blocks count GroupNorm groups otherwise than NCSN++) and
+    attention_head_dim 8, so 8 heads in the attention layers."""
+    return _randomize(UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=3, time_embedding_type='fourier',
+        flip_sin_to_cos=True, freq_shift=1, center_input_sample=False,
+        block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=None,
+        norm_eps=1e-6, mid_block_scale_factor=math.sqrt(2.0), attention_head_dim=8,
+        down_block_types=('SkipDownBlock2D', 'AttnSkipDownBlock2D', 'SkipDownBlock2D',
+                          'SkipDownBlock2D'),
+        up_block_types=('SkipUpBlock2D', 'SkipUpBlock2D', 'AttnSkipUpBlock2D', 'SkipUpBlock2D'),
+    ), seed)
+
+
+def ncsnpp_narrow_unet(seed=3):
+    """One head (attention_head_dim None), attention at the 32-channel top level and two blocks
+    per level: only the group rule differs from NCSN++'s."""
+    return _randomize(UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, time_embedding_type='fourier',
+        flip_sin_to_cos=True, freq_shift=1, center_input_sample=True,
+        block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=None, norm_eps=1e-6,
+        mid_block_scale_factor=math.sqrt(2.0), attention_head_dim=None,
+        down_block_types=('AttnSkipDownBlock2D', 'SkipDownBlock2D'),
+        up_block_types=('SkipUpBlock2D', 'AttnSkipUpBlock2D'),
+    ), seed)
+
+
 def ddpm_unet(seed=1):
     """google/ddpm-cifar10-32 in small: positional embedding [sin, cos] with freq_shift 1,
     DDPM residual blocks, 'SAME' stride-2 conv downsampling (downsample_padding 0), attention
@@ -275,13 +303,42 @@ def test_hub_id_reads_the_snapshot_folder(tmp_path, monkeypatch):
     assert info.config.data.dataset == 'CelebAHQ'
 
 
-@pytest.mark.parametrize('make', [ncsnpp_unet, ddpm_unet])
+@pytest.mark.parametrize('make', [ncsnpp_heads_unet, ncsnpp_narrow_unet])
+def test_ncsnpp_with_several_heads_and_diffusers_group_counts_scores_as_diffusers(make):
+    unet = make()
+    model, sde, info = networks.from_diffusers(unet, scheduler=ScoreSdeVeScheduler(
+        num_train_timesteps=100, sigma_min=0.01, sigma_max=50.0))
+    m = info.config.model
+    assert m.group_rule == 'diffusers'
+    assert m.get('attention_head_dim', None) == unet.config.attention_head_dim
+    size = unet.config.sample_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, size, size, generator=g)
+    if info.config.data.centered:
+        x = 2 * x - 1
+    t = torch.tensor([1e-5, 0.3, 1.0])
+    score_fn = networks.get_score_fn(sde, model, continuous=info.continuous)
+    with torch.no_grad():
+        ours = score_fn(x, t)
+        theirs = unet(x, sde.marginal_prob(x, t)[1]).sample
+    assert _rel(ours, theirs) < 1e-5
+
+    # NCSN++'s own rule on the same layout is another network, and diffusers cannot hold it
+    with info.config.ignore_type():
+        info.config.model.group_rule = 'ncsnpp'
+    other = networks.create_model(info.config, device='cpu')
+    with pytest.raises(DiffusersError, match="GroupNorm groups .*model.group_rule='diffusers'"):
+        networks.to_diffusers(other, info.config, 'unused')
+
+
+@pytest.mark.parametrize('make', [ncsnpp_unet, ddpm_unet, ncsnpp_heads_unet, ncsnpp_narrow_unet])
 def test_to_diffusers_round_trip(tmp_path, make):
     unet = make(seed=7)
     model, sde, info = networks.from_diffusers(unet)
     out = networks.to_diffusers(model, info.config, tmp_path / 'out')
     back = UNet2DModel.from_pretrained(out).eval()
-    x = torch.randn(2, 3, 16, 16)
+    size = unet.config.sample_size
+    x = torch.randn(2, 3, size, size)
     label = sde.marginal_prob(x, torch.tensor([0.2, 0.9]))[1] if info.family == 'ncsnpp' \
         else torch.tensor([20, 800])
     with torch.no_grad():

@@ -21,9 +21,13 @@ Two families of `diffusers.UNet2DModel` map onto networks the toolkit already ha
 Every weight is placed by a written name mapping (`weight_map`), derived from the two
 architectures: the toolkit's `all_modules` list is walked in construction order beside the
 diffusers block that holds each layer. A NIN layer (W [in, out]) is the transpose of a
-diffusers Linear / 1x1 convolution ([out, in]). Missing, unknown or mis-shaped weights, and any
-diffusers setting the toolkit network does not compute (several attention heads, other group
-counts or epsilons, class conditioning, ...), are errors naming them; nothing loads partially.
+diffusers Linear / 1x1 convolution ([out, in]). NCSN++ layouts with several attention heads
+(`attention_head_dim`) or narrow levels, where diffusers' skip blocks count GroupNorm groups
+otherwise, become `model.attention_head_dim` and `model.group_rule = 'diffusers'`. Missing,
+unknown or mis-shaped weights, and any diffusers setting the toolkit network does not compute
+(heads in DDPM blocks, other epsilons, class conditioning, ...), are errors naming them; nothing
+loads partially. Sizes and values of config.json and the scheduler config are checked before
+anything is allocated (`networks.sizes`).
 
 Weights are read from `.safetensors`, or from `.bin` with `torch.load(weights_only=True)`:
 never an arbitrary pickle. diffusers itself is needed only for a `UNet2DModel` instance;

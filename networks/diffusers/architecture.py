@@ -102,6 +102,30 @@ def _groups(c):
     return min(c // 4, 32)
 
 
+def _attention_channels(chans, attn):
+    """The widths of the attention layers: each attention level's, then the middle's."""
+    return [c for c, a in zip(chans, attn) if a] + [chans[-1]]
+
+
+def group_rules_differ(chans, attn, blocks):
+    """The GroupNorm layers where diffusers' skip blocks and NCSN++'s min(C // 4, 32) disagree
+    (as 'level i: ...' texts; empty when they agree): the attention of an attention level (32
+    groups in diffusers) and the first GroupNorm of its up-path blocks (AttnSkipUpBlock2D:
+    min(h + skip // 4, 32)). They agree from 128 channels on."""
+    out, levels = [], len(chans)
+    for i, (c, a) in enumerate(zip(chans, attn)):
+        if not a:
+            continue
+        if _groups(c) != 32:
+            out.append(f"level {i}: attention on {c} channels")
+        prev = chans[min(i + 1, levels - 1)]
+        for j in sorted({0, 1, blocks} & set(range(blocks + 1))):  # the distinct widths
+            h, skip = (prev if j == 0 else c), (chans[i - 1] if (j == blocks and i > 0) else c)
+            if min(h + skip // 4, 32) != _groups(h + skip):
+                out.append(f"level {i}: up block {j} on {h + skip} channels")
+    return out
+
+
 def _family(cfg):
     down, up = cfg['down_block_types'], cfg['up_block_types']
     if all(b in _NCSNPP_DOWN for b in down) and all(b in _NCSNPP_UP for b in up):
@@ -162,10 +186,15 @@ def _architecture(cfg):
     need(math.isclose(float(cfg['norm_eps']), 1e-6, rel_tol=1e-6),
          f"norm_eps {cfg['norm_eps']} (the toolkit's GroupNorm eps is 1e-6)")
     head = cfg['attention_head_dim']
-    attn_chans = [c for c, a in zip(chans, attn) if a] + [chans[-1]]
-    need(head is None or all(int(head) == c for c in attn_chans),
-         f"attention_head_dim {head} gives several attention heads on {attn_chans} channels "
-         f"(the toolkit's attention is single-head)")
+    attn_chans = _attention_channels(chans, attn)
+    if family == 'ncsnpp':
+        need(head is None or all(c % int(head) == 0 for c in attn_chans),
+             f"attention_head_dim {head} does not divide the {attn_chans} channels of the "
+             f"attention layers")
+    else:
+        need(head is None or all(int(head) == c for c in attn_chans),
+             f"attention_head_dim {head} gives several attention heads on {attn_chans} channels "
+             f"(the toolkit's DDPM attention is single-head)")
     need(cfg['attn_norm_num_groups'] is None or cfg['attn_norm_num_groups'] == (
         cfg['norm_num_groups'] or _groups(chans[-1])), "attn_norm_num_groups differs from the "
                                                       "mid block's GroupNorm")
@@ -181,19 +210,6 @@ def _architecture(cfg):
         g = cfg['norm_num_groups']
         need(g is None or (g == _groups(nf) and g == _groups(chans[-1])),
              f"norm_num_groups {g} (NCSN++ uses min(C // 4, 32) groups)")
-        for i, (c, a) in enumerate(zip(chans, attn)):
-            if a:  # skip blocks' attention uses 32 groups whatever the width
-                need(_groups(c) == 32, f"attention at level {i} on {c} channels: diffusers "
-                                       f"normalises it with 32 groups, NCSN++ with {_groups(c)} "
-                                       f"(needs >= 128 channels)")
-                prev = chans[min(i + 1, levels - 1)]
-                for j in range(int(cfg['layers_per_block']) + 1):
-                    res_in = prev if j == 0 else c
-                    skip = chans[i - 1] if (j == int(cfg['layers_per_block']) and i > 0) else c
-                    # AttnSkipUpBlock2D computes min(res_in + skip // 4, 32) groups
-                    need(min(res_in + skip // 4, 32) == _groups(res_in + skip),
-                         f"AttnSkipUpBlock2D at level {i}: resnet {j} GroupNorm groups differ "
-                         f"from NCSN++'s for {res_in + skip} channels")
     else:
         need(cfg['time_embedding_type'] == 'positional',
              f"time_embedding_type {cfg['time_embedding_type']!r} with DDPM blocks")
@@ -246,6 +262,11 @@ def _fill_config(config, cfg, family, levels, attn, size, sde, continuous, sched
     m.num_scales = int(sde.N)
     if family == 'ncsnpp':
         m.name = 'ncsnpp'
+        head = cfg['attention_head_dim']
+        if head is not None and any(c != int(head) for c in _attention_channels(chans, attn)):
+            m.attention_head_dim = int(head)  # several heads somewhere
+        if group_rules_differ(chans, attn, m.num_res_blocks):
+            m.group_rule = 'diffusers'
         m.fir, m.fir_kernel = True, list(_FIR_KERNEL)
         m.skip_rescale = True
         m.resblock_type = 'biggan'
@@ -327,6 +348,15 @@ def diffusers_config(config):
            'mid_block_type': 'UNetMidBlock2D', 'class_embed_type': None,
            'num_class_embeds': None, 'time_embedding_dim': None}
     if name == 'ncsnpp':
+        head = m.get('attention_head_dim', None)
+        out['attention_head_dim'] = None if head is None else int(head)
+        differ = group_rules_differ(chans, attn, int(m.num_res_blocks))
+        need(str(m.get('group_rule', 'ncsnpp')).lower() == 'diffusers' or not differ,
+             f"GroupNorm groups that diffusers' skip blocks count otherwise ({'; '.join(differ)}; "
+             f"NCSN++'s rule is min(C // 4, 32), diffusers' agrees from 128 channels on: build "
+             f"with model.group_rule='diffusers')")
+        need(str(m.get('group_rule', 'ncsnpp')).lower() in ('ncsnpp', 'diffusers'),
+             f"group_rule {m.get('group_rule')!r}")
         need(str(m.embedding_type).lower() == 'fourier', f"embedding_type "
              f"{m.embedding_type!r} (diffusers' NCSN++ blocks take the fourier embedding)")
         need(bool(m.scale_by_sigma), "scale_by_sigma=False (diffusers divides by sigma)")
