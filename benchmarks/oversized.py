@@ -42,7 +42,9 @@ print(json.dumps({"rc": r.returncode, "wall": time.time() - t, "cpu": u.ru_utime
 '''
 
 
-def _diffusers_folder(folder, unet_changes, sched_changes):
+def diffusers_folder(folder, unet_changes, sched_changes):
+    """A small NCSN++ diffusers pipeline folder with `unet_changes` in its config.json and
+    `sched_changes` in its scheduler config; its weights file holds one tensor."""
     from safetensors.torch import save_file
     unet = {'_class_name': 'UNet2DModel', 'sample_size': 16, 'in_channels': 3,
             'out_channels': 3, 'time_embedding_type': 'fourier', 'flip_sin_to_cos': True,
@@ -74,7 +76,7 @@ def cases(root):
              {}),
             ('diffusers sample_size=2^30', {'sample_size': 2 ** 30}, {}),
             ('diffusers num_train_timesteps=1e12', {}, {'num_train_timesteps': 10 ** 12})):
-        folder = _diffusers_folder(os.path.join(root, name.split()[1].split('=')[0]), unet, sched)
+        folder = diffusers_folder(os.path.join(root, name.split()[1].split('=')[0]), unet, sched)
         out.append((name, run + ['sample', '--diffusers', folder, '-n', '4', '--out',
                                  os.path.join(root, 'out'), '--no-progress']))
     c = configs.get_config('builtin/digits_ve')

@@ -12,6 +12,7 @@ import torch
 
 import configs
 import networks
+from benchmarks.oversized import diffusers_folder
 from networks.sizes import ModelConfigError, check_against_weights, check_model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,32 +143,11 @@ _DIFFUSERS = {
 }
 
 
-def _diffusers_folder(folder, unet_changes, sched_changes):
-    from safetensors.torch import save_file
-    unet = {'_class_name': 'UNet2DModel', 'sample_size': 16, 'in_channels': 3,
-            'out_channels': 3, 'time_embedding_type': 'fourier', 'flip_sin_to_cos': True,
-            'freq_shift': 1, 'center_input_sample': True, 'block_out_channels': [32, 64],
-            'layers_per_block': 1, 'norm_num_groups': None, 'norm_eps': 1e-6,
-            'mid_block_scale_factor': 2 ** 0.5, 'attention_head_dim': None,
-            'down_block_types': ['SkipDownBlock2D', 'SkipDownBlock2D'],
-            'up_block_types': ['SkipUpBlock2D', 'SkipUpBlock2D']}
-    unet.update(unet_changes)
-    sched = {'_class_name': 'ScoreSdeVeScheduler', 'num_train_timesteps': 100,
-             'sigma_min': 0.01, 'sigma_max': 50.0}
-    sched.update(sched_changes)
-    (folder / 'unet').mkdir(parents=True)
-    (folder / 'scheduler').mkdir()
-    (folder / 'unet' / 'config.json').write_text(json.dumps(unet))
-    (folder / 'scheduler' / 'scheduler_config.json').write_text(json.dumps(sched))
-    save_file({'conv_in.weight': torch.zeros(32, 3, 3, 3)},
-              str(folder / 'unet' / 'diffusion_pytorch_model.safetensors'))
-
-
 def test_oversized_requests_fail_naming_the_field_with_little_memory(tmp_path):
     for name, (unet, sched, _) in _DIFFUSERS.items():
-        _diffusers_folder(tmp_path / 'diffusers' / name, unet, sched)
+        diffusers_folder(tmp_path / 'diffusers' / name, unet, sched)
     c = configs.get_config('builtin/digits_ve')
-    small = networks.create_model(c, device='cpu')  # a 200 KB file whose config says nf = 1e9
+    small = networks.create_model(c, device='cpu')  # a small file whose config says nf = 1e9
     with c.ignore_type():
         c.model.nf = 10 ** 9
     networks.save_checkpoint(tmp_path / 'stored_nf.safetensors', small, c)
