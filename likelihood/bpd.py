@@ -13,6 +13,17 @@ The offset log2(L / (hi - lo)) is 8 for 8-bit data in [0, 1] and 7 in [-1, 1]: t
 hard-coded `7 - inverse_scaler(-1)` for those two ranges, which it gets right only for them. y is
 the original's (255 x + u) / 256 mapped linearly into the data range.
 
+Any dequantizer. For any density q supported in the bin of k, Jensen's inequality gives
+log P(k) >= E_q[log p(y)] + H(q), so bits/dim <= E_q[-log p(y)] / (D ln 2) - H(q) / (D ln 2): the
+offset is minus q's entropy per dimension in bits. Uniform on a bin of width Delta: H = D log Delta,
+the offset above. Truncated normal (i-DODE, Zheng et al. 2023, training-free): y = x_k + s e with
+e ~ N(0, 1) truncated to |e| <= a, a = Delta' / (2 s), on the bin of width Delta' = (hi - lo) / (L - 1)
+centred on the level x_k; per dimension H = log(sqrt(2 pi e) s C) - a phi(a) / C, C = 2 Phi(a) - 1,
+so the offset is -H / ln 2 (it tends to log2((L - 1) / (hi - lo)) as s grows: uniform on these
+bins). Its default s is sigma(eps) / alpha(eps) of the SDE at the likelihood's eps: the
+dequantized image then looks like the forward process's x(eps) given the clean image, which is
+what the model was trained on (i-DODE's point), up to the truncation.
+
 eps: p is the density of the flow at t = eps (see `likelihood.ode`), so the bits/dim are those of
 x(eps), the dequantized image plus the kernel's noise at eps; this is the original's choice, kept so
 numbers compare with the paper's. The eps used is in the result.
@@ -24,7 +35,11 @@ import warnings
 
 import torch
 
-from likelihood.ode import LikelihoodResult, log_likelihood
+from likelihood.bound import bound
+from likelihood.importance import noise_to_signal
+from likelihood.ode import log_likelihood
+
+METHODS = ("ode", "bound")
 
 
 def pixel_levels(bits=8, levels=None):
@@ -71,16 +86,80 @@ def uniform_dequantization(images, data_range, bits=8, levels=None, generator=No
     of a level). Same dtype and device as images."""
     lo, hi = _check_range(data_range)
     L = pixel_levels(bits, levels)
-    k, off = _levels_of(images, (lo, hi), L)
-    if off > 1e-3:
-        raise ValueError(
-            f"images are not on the {L}-level grid of data_range {(lo, hi)} (a value is {off:.3g} "
-            f"of a level away from the nearest level): pass levels= for data with another number "
-            f"of values, or dequantize=False if they are already dequantized")
+    k = _check_levels(images, (lo, hi), L, "dequantized")
     device = generator.device if generator is not None else images.device
     u = torch.rand(images.shape, generator=generator, device=device, dtype=torch.float64)
-    y = lo + (hi - lo) * (k.round() + u.to(images.device)) / L
+    y = lo + (hi - lo) * (k + u.to(images.device)) / L
     return y.to(images.dtype)
+
+
+def _check_levels(images, data_range, L, what):
+    k, off = _levels_of(images, data_range, L)
+    if off > 1e-3:
+        raise ValueError(
+            f"images are not on the {L}-level grid of data_range {tuple(data_range)} (a value is "
+            f"{off:.3g} of a level away from the nearest level): pass levels= for data with "
+            f"another number of values, or dequantize=False if they are already {what}")
+    return k.round()
+
+
+def truncated_normal_entropy(std, half_width):
+    """Entropy (nats) of N(0, std^2) truncated to [-half_width, half_width]:
+    log(sqrt(2 pi e) std C) - a phi(a) / C, a = half_width / std, C = 2 Phi(a) - 1."""
+    if not (std > 0 and half_width > 0):
+        raise ValueError(f"the truncated normal needs std > 0 and half_width > 0, got std={std}, "
+                         f"half_width={half_width}")
+    a = half_width / std
+    C = math.erf(a / math.sqrt(2))
+    phi = math.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+    return math.log(math.sqrt(2 * math.pi * math.e) * std * C) - a * phi / C
+
+
+def truncated_normal_offset(data_range, std, bits=8, levels=None):
+    """-H / ln 2: bits/dim added to -log p / (D ln 2) for truncated-normal dequantization with
+    std `std` (data units) on bins of width (hi - lo) / (L - 1) centred on the levels."""
+    lo, hi = _check_range(data_range)
+    L = pixel_levels(bits, levels)
+    return -truncated_normal_entropy(float(std), 0.5 * (hi - lo) / (L - 1)) / math.log(2)
+
+
+def truncated_normal_dequantization(images, data_range, std, bits=8, levels=None,
+                                    generator=None):
+    """y = x_k + std e, e ~ N(0, 1) truncated to the bin |y - x_k| <= (hi - lo) / (2 (L - 1)),
+    by the inverse CDF of one uniform per value (drawn on the generator's device, float64).
+    A ValueError if images lie off the L-level grid. Same dtype and device as images."""
+    lo, hi = _check_range(data_range)
+    L = pixel_levels(bits, levels)
+    k = _check_levels(images, (lo, hi), L, "dequantized")
+    std = float(std)
+    a = 0.5 * (hi - lo) / (L - 1) / std
+    if not a > 0:
+        raise ValueError(f"the truncated-normal std must be positive, got {std}")
+    device = generator.device if generator is not None else images.device
+    u = torch.rand(images.shape, generator=generator, device=device, dtype=torch.float64)
+    lo_cdf = torch.special.ndtr(torch.tensor(-a, dtype=torch.float64))
+    e = torch.special.ndtri(lo_cdf + u * (1 - 2 * lo_cdf)).clamp(-a, a)
+    y = lo + (hi - lo) * k / (L - 1) + std * e.to(images.device)
+    return y.to(images.dtype)
+
+
+DEQUANTIZERS = ("uniform", "truncated_normal")
+
+
+def dequantize_images(images, data_range, method="uniform", *, bits=8, levels=None, std=None,
+               generator=None):
+    """(y, offset): dequantized images and the bits/dim offset of `method` (module docstring):
+    'uniform' (the original's bins, offset log2(L / (hi - lo))) or 'truncated_normal' (std in
+    data units, required)."""
+    if method == "uniform":
+        y = uniform_dequantization(images, data_range, bits, levels, generator)
+        return y, discretization_offset(data_range, bits, levels)
+    if method == "truncated_normal":
+        if std is None:
+            raise ValueError("truncated-normal dequantization needs its std (data units)")
+        y = truncated_normal_dequantization(images, data_range, std, bits, levels, generator)
+        return y, truncated_normal_offset(data_range, std, bits, levels)
+    raise ValueError(f"unknown dequantization {method!r}; known: {', '.join(DEQUANTIZERS)}")
 
 
 def check_images(images, data_range):
@@ -104,13 +183,17 @@ def check_images(images, data_range):
 
 @dataclasses.dataclass
 class BitsPerDimResult:
-    """bpd: [B]; bpd_stderr: [B] the probes' standard error in bits/dim; offset: the
-    discretisation offset used; x: the (dequantized) input; likelihood: the LikelihoodResult."""
+    """bpd: [B]; bpd_stderr: [B] the standard error in bits/dim (of the probes for 'ode', of
+    the draws for 'bound'); offset: the dequantizer's offset used; x: the (dequantized) input;
+    likelihood: the LikelihoodResult ('ode') or BoundResult ('bound'); method, dequantize: the
+    settings used."""
     bpd: torch.Tensor
     bpd_stderr: torch.Tensor
     offset: float
     x: torch.Tensor
-    likelihood: LikelihoodResult
+    likelihood: object
+    method: str = "ode"
+    dequantize: str = "uniform"
 
     @property
     def nfe(self):
@@ -122,29 +205,45 @@ class BitsPerDimResult:
 
 
 def bits_per_dim_details(score_fn, sde, images, *, data_range, bits=8, levels=None,
-                         dequantize=True, generator=None, **kwargs):
+                         dequantize=True, dequantization_std=None, method="ode", generator=None,
+                         **kwargs):
     """Bits/dim of L-level images [B, C, H, W] in data_range, with the details.
 
-    dequantize=True: images hold pixel levels (e.g. uint8 / 255, then scaled) and are dequantized
-    uniformly here with `generator` (which then also draws the probes). dequantize=False: images
-    are already dequantized; a warning is given if they all lie on the pixel grid, whose
-    bits/dim would come out too low or negative. Other keywords go to `log_likelihood`."""
+    method: 'ode' (`log_likelihood`: an estimate of log p_eps through the probability-flow ODE)
+    or 'bound' (`likelihood.bound`: an upper bound on the NLL of the reverse SDE's model, no ODE).
+    dequantize: True or 'uniform' (images hold pixel levels, dequantized here with `generator`,
+    which then also draws the probes or the bound's draws), 'truncated_normal' (std
+    `dequantization_std` in data units, default sigma(eps) / alpha(eps) of the SDE), or False
+    (images are already dequantized; the uniform offset is used, and a warning is given if they
+    all lie on the pixel grid, whose bits/dim would come out too low or negative). Other keywords
+    go to `log_likelihood` or `bound`."""
     check_images(images, data_range)
+    if method not in METHODS:
+        raise ValueError(f"unknown likelihood method {method!r}; known: {', '.join(METHODS)}")
     L = pixel_levels(bits, levels)
-    if dequantize:
-        x = uniform_dequantization(images, data_range, levels=L, generator=generator)
+    kind = "uniform" if dequantize is True else dequantize
+    if kind:
+        if kind == "truncated_normal" and dequantization_std is None:
+            eps = kwargs.get("eps")
+            dequantization_std = noise_to_signal(sde, sde.likelihood_eps if eps is None else eps)
+        x, offset = dequantize_images(images, data_range, kind, levels=L,
+                                      std=dequantization_std, generator=generator)
     else:
-        x = images
+        x, offset, kind = images, discretization_offset(data_range, levels=L), "none"
         if _levels_of(images, data_range, L)[1] <= 1e-3:
             warnings.warn("images all lie on the pixel grid but dequantize=False: the density of "
                           "non-dequantized data gives too-low, even negative, bits/dim",
                           stacklevel=2)
-    res = log_likelihood(score_fn, sde, x, generator=generator, **kwargs)
-    offset = discretization_offset(data_range, levels=L)
     D = images[0].numel()
-    bpd = bpd_from_logp(res.logp, D, data_range, levels=L)
-    return BitsPerDimResult(bpd=bpd, bpd_stderr=res.logp_stderr / (D * math.log(2)),
-                            offset=offset, x=x, likelihood=res)
+    if method == "ode":
+        res = log_likelihood(score_fn, sde, x, generator=generator, **kwargs)
+        nll, nll_stderr = -res.logp, res.logp_stderr
+    else:
+        res = bound(score_fn, sde, x, generator=generator, **kwargs)
+        nll, nll_stderr = res.nll.to(x.dtype), res.nll_stderr.to(x.dtype)
+    bpd = nll / (D * math.log(2)) + offset
+    return BitsPerDimResult(bpd=bpd, bpd_stderr=nll_stderr / (D * math.log(2)), offset=offset,
+                            x=x, likelihood=res, method=method, dequantize=kind)
 
 
 def bits_per_dim(score_fn, sde, images, *, data_range, bits=8, levels=None, dequantize=True,
