@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +86,18 @@ def test_resume_gives_the_same_parameters(tmp_path):
     assert whole["final_loss"] == rest["final_loss"]
 
 
+def test_importance_sampled_likelihood_training_resumes_exactly(tmp_path):
+    from training.train import train
+    c = tiny_config("vp", n_iters=8, likelihood_weighting=True, importance_sampling=True)
+    whole = train(c, str(tmp_path / "a"), device="cpu", progress=False)
+    train(c, str(tmp_path / "b"), device="cpu", progress=False, stop_after=4)
+    rest = train(c, str(tmp_path / "b"), device="cpu", progress=False)
+    assert rest["start_step"] == 4 and torch.equal(_params(whole["model"]), _params(rest["model"]))
+    uniform = train(tiny_config("vp", n_iters=8, likelihood_weighting=True),
+                    str(tmp_path / "c"), device="cpu", progress=False)
+    assert not torch.equal(_params(whole["model"]), _params(uniform["model"]))
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -105,11 +118,14 @@ def _ddp_worker(rank, world, port, config_json, workdir, out):
     cleanup_distributed()
 
 
-def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("training", [{}, {"likelihood_weighting": True,
+                                            "importance_sampling": True}],
+                         ids=["default", "likelihood_importance_sampling"])
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, training):
     import torch.multiprocessing as mp
     from training.logs import read_log
     from training.train import train
-    c = tiny_config("subvp", n_iters=6)
+    c = tiny_config("subvp", n_iters=6, **training)
     c.optim.warmup = 0
     single = train(c, str(tmp_path / "one"), device="cpu", progress=False)
     out = str(tmp_path / "ddp.pt")

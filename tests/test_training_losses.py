@@ -276,3 +276,40 @@ def test_config_objective_swaps_the_loss():
     value = loss(model, x, generator=torch.Generator().manual_seed(0))
     value.backward()
     assert torch.isfinite(value) and net.weight.grad is not None
+
+
+@pytest.mark.parametrize("sde", [VESDE(sigma_min=0.01, sigma_max=10.0), VPSDE(), subVPSDE()],
+                         ids=["ve", "vp", "subvp"])
+@pytest.mark.parametrize("likelihood_weighting", [False, True], ids=["sigma2", "lw"])
+def test_importance_sampling_keeps_the_expected_loss(sde, likelihood_weighting):
+    dist, x0 = _data()
+    score = lambda x, t: 0.9 * dist.marginal(sde).score(x, t)  # noqa: E731  (a nonzero loss)
+    losses = {IS: dsm_loss(score, sde, x0, likelihood_weighting=likelihood_weighting,
+                           importance_sampling=IS, batch_mean=False,
+                           generator=torch.Generator().manual_seed(5 + IS))
+              for IS in (False, True)}
+    mean = {k: v.mean() for k, v in losses.items()}
+    se = math.sqrt(sum(v.var() / len(v) for v in losses.values()))
+    assert abs(mean[True] - mean[False]) < 4 * se, (mean, se)
+    if likelihood_weighting and not isinstance(sde, VESDE):
+        # g^2 / sigma^2 grows like 1/t near 0 for VP and sub-VP: the variance falls sharply.
+        assert losses[True].var() * 10 < losses[False].var()
+
+
+def test_importance_sampled_draws_are_the_generators_and_need_continuous_training():
+    from likelihood.importance import ImportanceTime
+    sde = VPSDE()
+    x = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    score = lambda xt, t: -xt  # noqa: E731
+    loss = TrainingLoss(sde, "dsm", likelihood_weighting=True, importance_sampling=True)
+    noise = loss.draw(x.shape, generator=torch.Generator().manual_seed(4))
+    t = ImportanceTime(sde, sde.training_eps).sample(8, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(noise["t"], t)
+    a = dsm_loss(score, sde, x, likelihood_weighting=True, importance_sampling=True, **noise)
+    b = dsm_loss(score, sde, x, likelihood_weighting=True, importance_sampling=True,
+                 generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a, b)
+    unweighted = dsm_loss(score, sde, x, likelihood_weighting=True, **noise)
+    assert not torch.allclose(a, unweighted)
+    with pytest.raises(ValueError, match="continuous"):
+        TrainingLoss(VESDE(), "smld", importance_sampling=True)

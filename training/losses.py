@@ -12,6 +12,7 @@ sum (the original's two conventions); the result is then averaged over the batch
 
 import torch
 
+from likelihood.importance import ImportanceTime
 from networks import get_score_fn, network_fn
 from networks.runtime import RuntimeOptions
 from sde_lib.sdes import VESDE, VPSDE, expand_to, subVPSDE
@@ -30,18 +31,24 @@ def _normal(batch, generator):
 
 
 def dsm_loss(score_fn, sde, batch, *, reduce_mean=False, likelihood_weighting=False, eps=None,
-             t=None, z=None, generator=None, batch_mean=True):
+             t=None, z=None, generator=None, batch_mean=True, importance_sampling=False):
     """Denoising score matching (Eq. 7) with t ~ U[eps, T] and x(t) = mean + std z:
 
         lambda(t) || s(x(t), t) - grad log p_0t(x(t) | x(0)) ||^2,  grad log p_0t = -z / std,
 
     with lambda(t) = std(t)^2 (the paper's weighting), or g(t)^2 with `likelihood_weighting`
     (Song et al. 2021, "Maximum likelihood training of score-based diffusion models").
+    `importance_sampling`: t has density proportional to g^2 / std^2 on [eps, T]
+    (`likelihood.importance.ImportanceTime`; drawn here unless t is given) and each loss is
+    multiplied by 1 / ((T - eps) density(t)), so the expectation is that of uniform t.
     eps defaults to the SDE's `training_eps` (1e-5)."""
     if eps is None:
         eps = sde.training_eps
     B = batch.shape[0]
-    if t is None:
+    proposal = ImportanceTime(sde, eps) if importance_sampling else None
+    if t is None and proposal is not None:
+        t = proposal.sample(B, generator=generator, device=batch.device, dtype=batch.dtype)
+    elif t is None:
         u = torch.rand(B, generator=generator, device=batch.device, dtype=batch.dtype)
         t = u * (sde.T - eps) + eps
     if z is None:
@@ -54,6 +61,8 @@ def dsm_loss(score_fn, sde, batch, *, reduce_mean=False, likelihood_weighting=Fa
         losses = _reduce((score + z / std_x) ** 2, reduce_mean) * g2
     else:
         losses = _reduce((score * std_x + z) ** 2, reduce_mean)
+    if proposal is not None:
+        losses = losses * proposal.weight(t)
     return losses.mean() if batch_mean else losses
 
 
@@ -136,7 +145,7 @@ class TrainingLoss:
     projections come from the generator passed to the call."""
 
     def __init__(self, sde, kind, reduce_mean=False, likelihood_weighting=False, eps=None,
-                 objective=None, network_options=None):
+                 objective=None, network_options=None, importance_sampling=False):
         if kind not in ("dsm", "smld", "ddpm"):
             raise ValueError(f"unknown loss kind {kind!r}")
         if kind == "smld" and not isinstance(sde, VESDE):
@@ -146,6 +155,9 @@ class TrainingLoss:
         if likelihood_weighting and kind != "dsm":
             raise ValueError("likelihood weighting needs continuous training "
                              "(config.training.continuous = True)")
+        if importance_sampling and kind != "dsm":
+            raise ValueError("importance sampling of t needs continuous training "
+                             "(config.training.continuous = True)")
         if objective is not None and kind == "ddpm":
             raise ValueError("score-matching objectives other than DSM need continuous training "
                              "or the VE SDE's noise labels, not DDPM's noise prediction")
@@ -153,6 +165,7 @@ class TrainingLoss:
         self.reduce_mean = bool(reduce_mean)
         self.likelihood_weighting = bool(likelihood_weighting)
         self.eps = sde.training_eps if eps is None else float(eps)
+        self.importance = ImportanceTime(sde, self.eps) if importance_sampling else None
         self.objective = objective
         # How to call the network (networks.RuntimeOptions.score_options(): precision,
         # channels_last); the loss itself is always computed in the data's dtype.
@@ -167,7 +180,10 @@ class TrainingLoss:
     def draw(self, shape, generator=None, device=None, dtype=torch.float32):
         """The random inputs for a batch of `shape`: {'t' or 'labels': [B], 'z': shape}."""
         B = shape[0]
-        if self.kind == "dsm":
+        if self.importance is not None:
+            first = ("t", self.importance.sample(B, generator=generator, device=device,
+                                                 dtype=dtype))
+        elif self.kind == "dsm":
             first = ("t", torch.rand(B, generator=generator, device=device, dtype=dtype)
                      * (self.sde.T - self.eps) + self.eps)
         else:
@@ -186,12 +202,18 @@ class TrainingLoss:
                 fn, cond = self.score_fn(model), noise["t"]
             else:
                 fn, cond = self.model_fn(model), noise["labels"]
-            return self.objective(fn, batch, cond, sde=self.sde, z=noise["z"],
-                                  generator=generator, batch_mean=batch_mean)
+            if self.importance is None:
+                return self.objective(fn, batch, cond, sde=self.sde, z=noise["z"],
+                                      generator=generator, batch_mean=batch_mean)
+            losses = self.objective(fn, batch, cond, sde=self.sde, z=noise["z"],
+                                    generator=generator, batch_mean=False)
+            losses = losses * self.importance.weight(cond)
+            return losses.mean() if batch_mean else losses
         if self.kind == "dsm":
             return dsm_loss(self.score_fn(model), self.sde, batch, reduce_mean=self.reduce_mean,
                             likelihood_weighting=self.likelihood_weighting, eps=self.eps,
-                            generator=generator, batch_mean=batch_mean, **noise)
+                            generator=generator, batch_mean=batch_mean,
+                            importance_sampling=self.importance is not None, **noise)
         fn = smld_loss if self.kind == "smld" else ddpm_loss
         return fn(self.model_fn(model), self.sde, batch, reduce_mean=self.reduce_mean,
                   generator=generator, batch_mean=batch_mean, **noise)
@@ -199,7 +221,7 @@ class TrainingLoss:
 
 def get_loss_fn(config, sde):
     """The training loss of `config.training` (continuous, reduce_mean, likelihood_weighting,
-    objective): DSM when continuous, else SMLD for VE and DDPM for VP (sub-VP has no discrete
+    importance_sampling, objective): DSM when continuous, else SMLD for VE and DDPM for VP (sub-VP has no discrete
     loss); `training.objective` = 'ssm' / 'ssm_vr' / 'exact_sm' swaps DSM for another
     score-matching objective of `training.objectives`. The network runs as `config.runtime`
     says (precision, channels_last)."""
@@ -222,7 +244,8 @@ def get_loss_fn(config, sde):
         options = None
     return TrainingLoss(sde, kind, reduce_mean=tr.get("reduce_mean", False),
                         likelihood_weighting=tr.get("likelihood_weighting", False),
-                        eps=tr.get("eps", None), objective=objective, network_options=options)
+                        eps=tr.get("eps", None), objective=objective, network_options=options,
+                        importance_sampling=bool(tr.get("importance_sampling", False)))
 
 
 _register_dsm()
