@@ -100,7 +100,8 @@ def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed,
     """Bits/dim of `dataset` (items (image [C, H, W] in [0, 1], label)) in batches, each recorded
     in `out` under `key` as it finishes; batches already in `out` with that key are skipped.
     `data_range` is where the data scaler sends [0, 1]. Other keywords go to
-    `bits_per_dim_details` (levels, estimator, n_probes, rtol, atol, eps, ...). A non-finite
+    `bits_per_dim_details` (levels, method, dequantize, and the ODE's estimator, n_probes, rtol,
+    atol or the bound's n_samples, importance_sampling; eps). A non-finite
     bits/dim is an error, never a record. Returns the summary dict."""
     from tqdm import tqdm
     if int(batch_size) != batch_size or batch_size < 1:
@@ -134,6 +135,7 @@ def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed,
                                          f"non-finite bits/dim {bpd}: not recorded")
             stderr = res.bpd_stderr.tolist()
             records[b] = {"batch": b, "start": start, "stop": stop, "bpd": bpd,
+                          "method": res.method, "dequantize": res.dequantize,
                           "bpd_stderr": [None if math.isnan(s) else s for s in stderr],
                           "nfe": res.nfe, "eps": res.eps, "seconds": time.time() - t0,
                           "key": key}

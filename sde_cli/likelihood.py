@@ -1,5 +1,8 @@
 """``python -m sde_lib.run likelihood`` (also ``python -m likelihood.evaluate``): bits/dim of a
-data split under a checkpoint through the probability-flow ODE, resumable.
+data split under a checkpoint, resumable, by one of two methods (--method): 'ode' (the
+probability-flow ODE: an estimate of log p_eps, adaptive cost) or 'bound' (the reverse SDE's
+variational bound: an upper bound on the NLL, --n-samples network evaluations per image), after
+uniform or truncated-normal dequantization (--dequantize).
 
 Pixel levels, one rule for every command: --levels L (or --bits B: L = 2^B), else the dataset's
 own number of pixel values (256 for 8-bit image data, 17 for DIGITS); data whose levels are
@@ -52,10 +55,20 @@ def bits_per_dim(model, sde, config, args, device, split, out_dir, source):
     score_fn = get_score_fn(sde, model, continuous=bool(config.training.get("continuous", True)))
     eps = sde.likelihood_eps if args.likelihood_eps is None else args.likelihood_eps
     seed = int(config.seed)
+    method = getattr(args, "method", "ode")
+    dequantize = getattr(args, "dequantize", "uniform")
     settings = {"split": split, "batch_size": batch, "seed": seed, "eps": eps,
-                "estimator": args.estimator, "n_probes": args.n_probes, "levels": levels,
-                "data_range": list(data_range), "rtol": args.rtol, "atol": args.atol,
-                "num_images": n}
+                "levels": levels, "data_range": list(data_range), "num_images": n,
+                "method": method, "dequantize": dequantize}
+    if method == "ode":
+        options = {"estimator": args.estimator, "n_probes": args.n_probes, "rtol": args.rtol,
+                   "atol": args.atol}
+    else:
+        options = {"n_samples": args.n_samples,
+                   "importance_sampling": not args.uniform_t}
+    if dequantize == "truncated_normal":
+        options["dequantization_std"] = args.dequantization_std  # None: sigma(eps) / alpha(eps)
+    settings.update(options)
     key = run_key(checkpoint=source_identity(source), config=config_to_json(config),
                   settings=settings)
     records = args.records or os.path.join(out_dir, f"bpd_{split}_{key}.jsonl")
@@ -65,8 +78,8 @@ def bits_per_dim(model, sde, config, args, device, split, out_dir, source):
     summary = evaluate_split(score_fn, sde, ds, data_range=data_range, batch_size=batch,
                              out=records, seed=seed, key=key, num_batches=num_batches,
                              repeats=args.repeats, device=device, progress=args.progress,
-                             fresh=args.fresh, levels=levels, estimator=args.estimator,
-                             n_probes=args.n_probes, rtol=args.rtol, atol=args.atol, eps=eps)
+                             fresh=args.fresh, levels=levels, method=method,
+                             dequantize=dequantize, eps=eps, **options)
     return dict(summary, split=split, eps=eps, levels=levels, key=key, records=records,
                 settings=settings)
 
@@ -79,8 +92,10 @@ def run(args):
     res.update(checkpoint=source, seconds=time.time() - t0,
                sde=str(config.training.sde))
     path = write_json(os.path.splitext(res["records"])[0] + ".json", res)
-    print(f"bits/dim on {res['num_images']} {args.split} images: {res['bpd']:.4f} "
-          f"+- {res['bpd_stderr']:.4f} (standard error; eps {res['eps']:g}; {path})")
+    what = "upper bound" if res["settings"]["method"] == "bound" else "probability-flow ODE"
+    print(f"bits/dim ({what}, {res['settings']['dequantize']} dequantization) on "
+          f"{res['num_images']} {args.split} images: {res['bpd']:.4f} +- {res['bpd_stderr']:.4f} "
+          f"(standard error; eps {res['eps']:g}; {path})")
     return 0
 
 
@@ -93,8 +108,24 @@ def _out_dir(args, source):
 
 def add_likelihood_flags(parser):
     """The bits/dim settings (shared with `eval`)."""
+    from likelihood.bpd import DEQUANTIZERS, METHODS
     from likelihood.divergence import ESTIMATORS
     g = parser.add_argument_group("bits/dim")
+    flag(g, "method", default="ode", choices=METHODS,
+         help="'ode': the probability-flow ODE (an estimate of log p; adaptive cost); 'bound': "
+              "the reverse SDE's variational bound (an upper bound on the NLL; --n-samples "
+              "network evaluations per image)")
+    flag(g, "n-samples", type=positive_int, default=32,
+         help="--method bound: Monte Carlo draws of (t, noise) per image (2 or more for a "
+              "standard error)")
+    flag(g, "uniform-t", action="store_true",
+         help="--method bound: uniform t instead of importance sampling by g^2/sigma^2")
+    flag(g, "dequantize", default="uniform", choices=DEQUANTIZERS,
+         help="'uniform' (the original's) or 'truncated_normal' (i-DODE); each with its own "
+              "derived bits/dim offset")
+    flag(g, "dequantization-std", type=positive_float,
+         help="--dequantize truncated_normal: its std in the data range's units (default "
+              "sigma(eps) / alpha(eps) of the SDE)")
     flag(g, "num-images", type=positive_int, help="evaluate the first N images only "
          "(default: the whole split)")
     flag(g, "num-batches", type=positive_int, help="evaluate the first N batches only")
@@ -107,7 +138,7 @@ def add_likelihood_flags(parser):
     flag(g, "n-probes", type=positive_int, default=1,
          help="Hutchinson probes per image (a standard error needs 2 or more)")
     flag(g, "likelihood-eps", type=positive_float,
-         help="ODE start time (default the SDE's likelihood_eps, 1e-5)")
+         help="ODE start time, or the bound's eps (default the SDE's likelihood_eps, 1e-5)")
     flag(g, "rtol", type=positive_float, default=1e-5, help="ODE solver rtol")
     flag(g, "atol", type=positive_float, default=1e-5, help="ODE solver atol")
     flag(g, "levels", type=positive_int, help="pixel values per channel (default: the "
@@ -136,8 +167,8 @@ def _fix(args):
     return args
 
 
-COMMAND = Command("Bits/dim of a data split under a checkpoint (probability-flow ODE), "
-                  "resumable: <out>/bpd_<split>_<key>.jsonl records and .json summary.",
+COMMAND = Command("Bits/dim of a data split under a checkpoint (probability-flow ODE or the "
+                  "variational bound), resumable: <out>/bpd_<split>_<key>.jsonl records and .json summary.",
                   add_arguments, lambda args: run(_fix(args)))
 
 

@@ -311,6 +311,15 @@ def test_likelihood_is_recomputed_after_more_training(tmp_path, capsys):
     assert "not reused" in only_error_line(capsys.readouterr().err)
     assert cli(["likelihood", "--checkpoint", str(meta), "--records", str(out),
                 "--n-probes", "2", "--fresh", *bpd_args]) == 0
+    # The variational bound and the truncated-normal dequantization: records of their own.
+    for extra in (["--method", "bound", "--n-samples", "4"],
+                  ["--method", "bound", "--n-samples", "4", "--dequantize", "truncated_normal"]):
+        assert cli(["likelihood", "--checkpoint", str(meta), *extra, *bpd_args]) == 0
+        assert "upper bound" in capsys.readouterr().out
+    records = sorted((workdir / "eval").glob("bpd_test_*.jsonl"))
+    assert len(records) == 4
+    kinds = {(r["method"], r["dequantize"]) for p in records for r in map(json.loads, p.read_text().splitlines())}
+    assert kinds == {("ode", "uniform"), ("bound", "uniform"), ("bound", "truncated_normal")}
 
 
 def test_second_writer_of_a_workdir_gets_the_lock_message(tmp_path, capsys):

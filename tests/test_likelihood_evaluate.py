@@ -151,3 +151,22 @@ def test_one_writer_per_records_folder(tmp_path, score):
                    **SETTINGS)
     assert len(lines(tmp_path / "conc.jsonl")) == 1
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_bound_records_are_keyed_and_bound_the_ode(tmp_path, score):
+    """The same split by the bound (fixed cost: n_samples calls per image) and by the ODE."""
+    fn, sde = score
+    ds = digits()
+    kw = dict(SETTINGS, n_probes=4)
+    ode = evaluate_split(fn, sde, ds, out=str(tmp_path / "ode.jsonl"), key="ode", num_batches=2,
+                         **kw)
+    calls = fn.calls
+    settings = {k: v for k, v in SETTINGS.items() if k not in ("n_probes", "rtol", "atol")}
+    bnd = evaluate_split(fn, sde, ds, out=str(tmp_path / "bound.jsonl"), key="bound",
+                         num_batches=2, method="bound", n_samples=16, **settings)
+    assert fn.calls - calls == 2 * 16  # one call per draw per batch
+    recs = lines(tmp_path / "bound.jsonl")
+    assert all(r["method"] == "bound" and r["dequantize"] == "uniform" and r["nfe"] == 16
+               for r in recs)
+    # An upper bound on the model's NLL: not below the ODE's estimate beyond the noise.
+    assert bnd["bpd"] > ode["bpd"] - 3 * math.hypot(bnd["bpd_stderr"], ode["bpd_stderr"])
