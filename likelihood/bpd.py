@@ -135,12 +135,19 @@ def truncated_normal_dequantization(images, data_range, std, bits=8, levels=None
     a = 0.5 * (hi - lo) / (L - 1) / std
     if not a > 0:
         raise ValueError(f"the truncated-normal std must be positive, got {std}")
-    device = generator.device if generator is not None else images.device
-    u = torch.rand(images.shape, generator=generator, device=device, dtype=torch.float64)
-    lo_cdf = torch.special.ndtr(torch.tensor(-a, dtype=torch.float64))
-    e = torch.special.ndtri(lo_cdf + u * (1 - 2 * lo_cdf)).clamp(-a, a)
-    y = lo + (hi - lo) * k / (L - 1) + std * e.to(images.device)
+    e = truncated_normal(images.shape, a, generator=generator, device=images.device)
+    y = lo + (hi - lo) * k / (L - 1) + std * e
     return y.to(images.dtype)
+
+
+def truncated_normal(shape, a, generator=None, device=None):
+    """Draws of N(0, 1) truncated to [-a, a] (float64, on `device`), by the inverse CDF of one
+    uniform per value drawn on the generator's device."""
+    dev = generator.device if generator is not None else device
+    u = torch.rand(shape, generator=generator, device=dev, dtype=torch.float64)
+    lo_cdf = torch.special.ndtr(torch.tensor(-float(a), dtype=torch.float64, device=dev))
+    e = torch.special.ndtri(lo_cdf + u * (1 - 2 * lo_cdf)).clamp(-a, a)
+    return e.to(device if device is not None else dev)
 
 
 DEQUANTIZERS = ("uniform", "truncated_normal")

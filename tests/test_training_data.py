@@ -156,3 +156,24 @@ def test_batch_order_epochs_resume_and_shards():
     with pytest.raises(ValueError, match="divisible"):
         shard_slice(6, 0, 4)
     assert [shard_slice(6, r, 3) for r in range(3)] == [slice(0, 2), slice(2, 4), slice(4, 6)]
+
+
+def test_truncated_normal_dequantization_of_training_data():
+    c = _cfg("DIGITS", 8, centered=False)
+    c.data.dequantization, c.data.dequantization_std, c.data.levels = "truncated_normal", 0.01, 17
+    x = torch.randint(0, 17, (64, 1, 8, 8)).float() / 16
+    whole = augment(x, c, generator=torch.Generator().manual_seed(2), global_batch=64)
+    off = whole - x
+    assert off.abs().max() <= 0.5 / 16 + 1e-6 and off.std() > 0.008  # in the level's bin
+    assert abs(off.mean().item()) < 1e-3 and off.std() < 0.01  # truncation narrows N(0, 0.01^2)
+    for rank in range(2):  # the same rows for any number of processes
+        rows = shard_slice(64, rank, 2)
+        part = augment(x[rows], c, generator=torch.Generator().manual_seed(2), global_batch=64,
+                       rows=rows)
+        torch.testing.assert_close(part, whole[rows])
+    c.data.dequantization_std = 0.0
+    with pytest.raises(ValueError, match="dequantization_std"):
+        augment(x, c, generator=torch.Generator().manual_seed(2))
+    c.data.dequantization = "gaussian"
+    with pytest.raises(ValueError, match="truncated_normal"):
+        augment(x, c)

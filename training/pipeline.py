@@ -11,6 +11,7 @@ processes.
 
 import torch
 
+from likelihood.bpd import truncated_normal
 from training.data import get_data_scaler
 
 
@@ -75,9 +76,24 @@ class BatchOrder:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
+def dequantization_of(config):
+    """The training data's dequantization: config.data.dequantization ('uniform',
+    'truncated_normal' or 'none'), else 'uniform' when config.data.uniform_dequantization."""
+    name = config.data.get("dequantization", None)
+    if name is None:
+        return "uniform" if config.data.get("uniform_dequantization", False) else "none"
+    if name not in ("none", "uniform", "truncated_normal"):
+        raise ValueError(f"config.data.dequantization must be 'none', 'uniform' or "
+                         f"'truncated_normal', got {name!r}")
+    return name
+
+
 def augment(x, config, generator=None, global_batch=None, rows=None):
-    """Random flips (config.data.random_flip) and uniform dequantization
-    (config.data.uniform_dequantization) of images in [0, 1], then the data scaler.
+    """Random flips (config.data.random_flip) and dequantization (`dequantization_of`) of images
+    in [0, 1], then the data scaler. Uniform: (255 x + u) / 256. Truncated normal (i-DODE):
+    x + s e, e ~ N(0, 1) truncated to the level's bin |s e| <= 1 / (2 (L - 1)), with
+    s = config.data.dequantization_std (in [0, 1] units) and L = config.data.levels (256);
+    see `likelihood.bpd` for the bits/dim offset of each.
 
     With `global_batch` and `rows`, the random draws are made for the whole global batch and the
     `rows` of this process are used, so the result does not depend on the number of processes."""
@@ -86,10 +102,20 @@ def augment(x, config, generator=None, global_batch=None, rows=None):
     if config.data.get("random_flip", False):
         flip = (torch.rand(B, generator=generator, device=x.device) < 0.5)[rows]
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    if config.data.get("uniform_dequantization", False):
+    method = dequantization_of(config)
+    if method == "uniform":
         u = torch.rand((B,) + tuple(x.shape[1:]), generator=generator, device=x.device,
                        dtype=x.dtype)[rows]
         x = (x * 255.0 + u) / 256.0  # = training.data.uniform_dequantize with this u
+    elif method == "truncated_normal":
+        L = int(config.data.get("levels", 256))
+        std = float(config.data.get("dequantization_std", 0.0))
+        if not std > 0:
+            raise ValueError(f"truncated-normal dequantization needs config.data."
+                             f"dequantization_std > 0 (in [0, 1] units), got {std}")
+        e = truncated_normal((B,) + tuple(x.shape[1:]), 0.5 / (L - 1) / std,
+                             generator=generator, device=x.device)[rows]
+        x = (torch.round(x * (L - 1)) / (L - 1) + std * e).to(x.dtype)
     return get_data_scaler(config)(x)
 
 
