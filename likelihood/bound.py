@@ -72,7 +72,6 @@ class BoundResult:
     eps: float
     importance_sampling: bool
     control: str
-
     dim: int
 
     @property
@@ -83,14 +82,6 @@ class BoundResult:
 def _normal(shape, generator, like):
     dev = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=dev, dtype=like.dtype).to(like.device)
-
-
-def _times(sde, n, eps, proposal, generator, like):
-    if proposal is not None:
-        return proposal.sample(n, generator=generator, device=like.device, dtype=like.dtype)
-    dev = generator.device if generator is not None else like.device
-    u = torch.rand(n, generator=generator, device=dev, dtype=like.dtype).to(like.device)
-    return u * (sde.T - eps) + eps
 
 
 def _check(score_fn, sde, x, n_samples, eps, control):
