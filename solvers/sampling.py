@@ -25,6 +25,7 @@ from solvers.evaluations import (ON_NONFINITE, CountingScore, check_finite,
 from solvers.shapes import batch_slices, probe_score
 from solvers.declared import SAMPLERS, get_sampler, register_sampler
 from solvers.result import SampleResult
+from solvers.seeding import RowGenerators, prior_draw, row_coupling
 
 __all__ = ["SAMPLERS", "register_sampler", "sample", "with_rows"]
 
@@ -116,8 +117,10 @@ def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffus
     eps: last time (default sde.sampling_eps: 1e-5 VE, 1e-3 VP/sub-VP). denoise: finish with a
       noise-free denoising step (the original's noise_removal).
     generator: a torch.Generator for every random draw (prior and steps): the same seed, shape
-      and batch_size give the same samples. device/dtype: of the samples (default: x_init's, else
-      CPU / float32). x_init: the starting point x(T) instead of a prior draw (shape from it).
+      and batch_size give the same samples. A `solvers.seeding.RowGenerators` (one generator
+      per row) makes each sample a function of its own seed, whatever the batch; options that
+      couple the rows (`row_coupling`) are then an error. device/dtype: of the samples
+      (default: x_init's, else CPU / float32). x_init: the starting point x(T) instead of a prior draw (shape from it).
     batch_size: split the batch into chunks of at most this many samples, run one after the
       other with the same generator (so the result depends on batch_size).
     check_shape: evaluate the score once on two different samples at t = T before any work
@@ -168,6 +171,13 @@ def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffus
                         n_corrector_steps=n_corrector_steps)
     kwargs = spec.resolve(sde, given_options(spec, steps, pc_arguments, options))
     slices = batch_slices(shape[0], batch_size)
+    per_row = isinstance(generator, RowGenerators)
+    if per_row:
+        generator.check_rows(shape[0], "the samples")
+        coupled = row_coupling(name, kwargs)
+        if coupled:
+            raise ValueError(f"one generator per row (RowGenerators) makes each sample a "
+                             f"function of its own seed, but {coupled}")
 
     if check_shape:
         probe_score(score_fn, sde, shape[1:], device, dtype)
@@ -175,18 +185,17 @@ def sample(score_fn, sde, shape=None, *, sampler="pc", predictor="reverse_diffus
     chunks, nfes, nonfinite = [], [], {}
     for rows in slices:
         chunk_shape = (rows.stop - rows.start,) + shape[1:]
+        gen = generator.select(rows) if per_row else generator
         if x_init is None:
             # drawn on the generator's device, so a CPU generator seeds a GPU run identically
-            where = generator.device if generator is not None else device
-            x = sde.prior_sampling(chunk_shape, generator=generator, device=where,
-                                   dtype=dtype).to(device)
+            x = prior_draw(sde, chunk_shape, gen, device, dtype)
         else:
             x = x_init[rows].to(device=device, dtype=dtype)
         counted = CountingScore(score_fn, on_nonfinite, row_offset=rows.start)
         counted.step = 0
         chunk_kwargs = {k: _bind_rows(v, rows) if spec.options[k].hook else v
                         for k, v in kwargs.items()}
-        x = spec.fn(counted, sde, x, eps=eps, denoise=denoise, generator=generator,
+        x = spec.fn(counted, sde, x, eps=eps, denoise=denoise, generator=gen,
                     progress=progress,
                     callback=_counting_steps(counted, _bind_rows(callback, rows)),
                     **chunk_kwargs)
