@@ -5,12 +5,14 @@ import os
 import time
 
 from sde_cli.app import Command
+from sde_cli.seeds import add_arguments as add_seed_arguments
 from sde_cli.options import (add_run_flags, add_sampler_flags, check_sampling, check_writable,
                              choose_threads, config_for_checkpoint, environment, find_checkpoint,
                              finish_config, flag, load_model, resolve_device, sampler_overrides,
                              workdir_lock)
-from sde_cli.outputs import (add_metrics_flag, draw, free_stem, sample_metrics, sample_stem,
-                             write_json, write_samples)
+from sde_cli.outputs import (add_metrics_flag, check_held_memory, check_name, commit_set, draw,
+                             format_metrics, free_stem, recover_sets, sample_files, sample_metrics,
+                             sample_stem)
 
 
 def load_score_model(args):
@@ -43,25 +45,44 @@ def output_folder(args, source, name):
 
 def run(args):
     from training.sampling import sampling_options
+    if args.seeds:
+        from sde_cli.seeds import run as run_seeds
+        return run_seeds(args)
+    stem = check_name(args.stem) if args.stem else None
     source, config, model, sde, device = load_score_model(args)
     check_sampling(sampling_options(config, **sampler_overrides(args)))
+    C, H = int(config.data.num_channels), int(config.data.image_size)
+    n, batch = args.num_samples, args.sample_batch or args.num_samples
+    check_held_memory(n * C * H * H * 13 + batch * C * H * H * 4 * 12,
+                      f"-n {n} with --sample-batch {batch}",
+                      "lower -n, or use --seeds 0-N, which writes shards to disk as they are "
+                      "made")
     out_dir = output_folder(args, source, "samples")
     args.lock = workdir_lock(out_dir, what="sde_lib.run sample")
+    recover_sets(out_dir)
     seed = int(config.seed)
     t0 = time.time()
-    images, nfe, used = draw(model, sde, config, args.num_samples, seed=seed, device=device,
-                             args=args, batch=args.sample_batch)
+    images, nfe, used = draw(model, sde, config, n, seed=seed, device=device, args=args,
+                             batch=args.sample_batch)
     seconds = time.time() - t0
-    stem = free_stem(out_dir, args.stem or sample_stem("samples", used, seed))
-    png, npz = write_samples(images, out_dir, stem)
-    info = {"command": "sample", "checkpoint": source, "sde": str(config.training.sde),
-            "num_samples": len(images), "nfe": nfe, "seconds": seconds, "options": used,
-            "seed": seed, "png": png, "npz": npz, "environment": environment(device)}
+    stem = free_stem(out_dir, stem or sample_stem("samples", used, seed))
+    info = {"command": "sample", "checkpoint": _absolute(source),
+            "sde": str(config.training.sde), "num_samples": len(images), "nfe": nfe,
+            "seconds": seconds, "options": used, "seed": seed,
+            "environment": environment(device)}
     if args.metrics:
         info.update(sample_metrics(images, config, args))
-    write_json(os.path.join(out_dir, f"{stem}.json"), info)
-    print(f"{len(images)} samples ({used['sampler']}, {nfe} NFE, {seconds:.1f}s): {png}, {npz}")
+    paths = commit_set(out_dir, stem, sample_files(images, out_dir, stem), info)
+    print(f"{len(images)} samples ({used['sampler']}, {nfe} NFE, {seconds:.1f}s): "
+          f"{', '.join(paths.values())}")
+    if args.metrics:
+        print(format_metrics(info))
     return 0
+
+
+def _absolute(source):
+    """A checkpoint or model folder as an absolute path (a hub id as it is)."""
+    return os.path.abspath(source) if os.path.exists(source) else source
 
 
 def add_source_flags(parser, diffusers=True):
@@ -79,9 +100,11 @@ def add_arguments(parser):
     add_source_flags(parser)
     add_metrics_flag(parser)
     flag(parser, "out", help="output folder (default <workdir>/samples)")
-    flag(parser, "stem", help="output file name stem (default samples_<sampler>[_<steps>steps]"
-         "_seed<seed>, numbered rather than overwriting)")
+    flag(parser, "stem", help="output file name stem, a plain name (default samples_<sampler>"
+         "[_<steps>steps]_seed<seed>, numbered rather than overwriting)")
+    add_seed_arguments(parser)
 
 
 COMMAND = Command("Sample a checkpoint: <out>/<stem>.png grid, .npz (uint8 [N, H, W, C]) and "
-                  ".json.", add_arguments, run)
+                  ".json, written as one set; or, with --seeds, one image per seed in resumable "
+                  "shards (also under torchrun).", add_arguments, run)

@@ -1,0 +1,172 @@
+"""`sample --seeds` (evaluation.shards, sde_cli.seeds): one image per seed in resumable shards,
+the same on 1 and 2 gloo processes, after a SIGKILL of a rank, and refused when the provenance
+differs. Each process runs one thread on a tiny built-in model."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation.shards import ShardError, parse_seeds, read_shards
+from sde_cli.app import main as cli
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SCORE_SDE_DIST_TIMEOUT="10")
+SEEDS = ["--seeds", "0-63", "--shard-size", "16", "--steps", "3", "--no-progress"]
+NFE = 2 * 3  # PC with one corrector step: two score evaluations per step
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(argv, world=1):
+    """`python -m sde_lib.run sample ARGV` on `world` processes (the environment torchrun
+    sets: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)."""
+    port, procs = str(_free_port()), []
+    for rank in range(world):
+        env = dict(ENV, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "-m", "sde_lib.run", "sample", *argv],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs, timeout=120):
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        outs.append((p.returncode, out, err))
+    return outs
+
+
+def _run(argv, world=1):
+    outs = _finish(_start(argv, world))
+    for code, out, err in outs:
+        assert code == 0, (out + err)[-3000:]
+    return [out for _, out, _ in outs]
+
+
+def _evaluations(out):
+    """(images, score evaluations) a rank reports."""
+    line = next(s for s in out.splitlines() if s.startswith("rank "))
+    words = line.split()
+    return int(words[2]), int(words[words.index("score") - 1].rstrip(","))
+
+
+def _no_temp_files(folder):
+    left = [n for n in os.listdir(folder) if n.endswith(".tmp")]
+    assert not left, left
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("seeds") / "run"
+    proc = subprocess.run([sys.executable, "-m", "sde_lib.run", "train", "--sde", "ve",
+                           "--workdir", str(workdir), "--config.model.nf=8",
+                           "--config.model.num_scales=50", "--config.training.n_iters=2",
+                           "--config.training.batch_size=8", "--config.training.eval_freq=0",
+                           "--config.training.snapshot_freq=1",
+                           "--config.training.snapshot_sampling=False", "--no-progress"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir / "checkpoints-meta" / "checkpoint.pth"
+
+
+@pytest.fixture(scope="module")
+def one_process(checkpoint, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("one")
+    _run(["--checkpoint", str(checkpoint), *SEEDS, "--sample-batch", "8", "--out", str(folder)])
+    return read_shards(folder)
+
+
+def test_seed_lists_and_ranges():
+    assert parse_seeds("0-3,7,10-11") == [0, 1, 2, 3, 7, 10, 11]
+    for bad, message in (("5-2", "ends before"), ("1,1", "repeats seed 1"), ("a", "not a seed"),
+                         ("0-99999999999", "more than")):
+        with pytest.raises(ShardError, match=message):
+            parse_seeds(bad)
+
+
+def test_two_processes_give_the_images_of_one(checkpoint, one_process, tmp_path):
+    samples, seeds = one_process
+    assert samples.shape == (64, 8, 8, 1) and samples.dtype == np.uint8
+    assert seeds.tolist() == list(range(64))
+    assert len({s.tobytes() for s in samples}) == 64  # 64 different images
+    same, other = tmp_path / "same", tmp_path / "other"
+    outs = _run(["--checkpoint", str(checkpoint), *SEEDS, "--sample-batch", "8", "--out",
+                 str(same)], world=2)
+    assert [_evaluations(o) for o in outs] == [(32, 4 * NFE)] * 2  # two shards each
+    got, got_seeds = read_shards(same)
+    assert np.array_equal(got_seeds, seeds) and np.array_equal(got, samples)  # bitwise
+    # Another batch size: the same images up to float round-off; stated tolerance: uint8
+    # values differ by at most one level, in at most 1% of the pixels.
+    _run(["--checkpoint", str(checkpoint), *SEEDS, "--sample-batch", "5", "--out", str(other)],
+         world=2)
+    got, _ = read_shards(other)
+    diff = np.abs(got.astype(int) - samples.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() <= 0.01
+    _no_temp_files(same)
+
+
+def test_a_killed_rank_loses_only_its_unfinished_shard(checkpoint, one_process, tmp_path):
+    folder = tmp_path / "killed"
+    argv = ["--checkpoint", str(checkpoint), *SEEDS, "--sample-batch", "8", "--out", str(folder)]
+    procs = _start(argv, world=2)
+    try:
+        first_of_rank_0 = folder / "seeds_000000-000015.npz"  # rank 0: shards 0, 2; rank 1: 1, 3
+        deadline = time.monotonic() + 120
+        while not first_of_rank_0.exists() and time.monotonic() < deadline:
+            assert procs[1].poll() is None, procs[1].communicate()
+            time.sleep(0.02)
+        procs[1].send_signal(signal.SIGKILL)  # rank 1 is inside one of its shards
+        code, out, _ = _finish(procs[:1])[0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert code == 1 and "rerun to finish" in out
+    kept = sorted(folder.glob("seeds_*.npz"))
+    assert len(kept) < 4 and not (folder / "seeds_000048-000063.npz").exists()
+    for path in kept:  # no partial shard: each holds its 16 seeds
+        assert len(np.load(path)["seeds"]) == 16
+    _no_temp_files(folder)
+    outs = _run(argv, world=2)
+    todo = 64 - 16 * len(kept)
+    assert f"{64 - todo} done, {todo} to sample" in outs[0]
+    images, evaluations = zip(*(_evaluations(o) for o in outs))
+    assert sum(images) == todo and sum(evaluations) == (todo // 8) * NFE  # only what was lost
+    got, got_seeds = read_shards(folder)
+    assert np.array_equal(got, one_process[0]) and np.array_equal(got_seeds, one_process[1])
+    _no_temp_files(folder)
+
+
+def test_provenance_mismatch_is_refused_naming_what_differs(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "set"
+    base = ["sample", "--checkpoint", str(checkpoint), "--seeds", "0-3", "--shard-size", "4",
+            "--steps", "3", "--no-progress", "--out", str(folder)]
+    assert cli(base) == 0
+    first = (folder / "seeds_000000-000003.npz").read_bytes()
+    assert cli(base + ["--snr", "0.2"]) == 1
+    err = capsys.readouterr().err
+    assert "differences" in err and "sampler.snr: 0.16 -> 0.2" in err
+    other = checkpoint.parent.parent / "checkpoints" / "checkpoint_1.pth"
+    assert cli(["sample", "--checkpoint", str(other), *base[3:]]) == 1
+    assert "checkpoint.sha256" in capsys.readouterr().err
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["provenance"]["sampler"]["corrector_options"] == {"norm": "sample"}
+    assert cli(base + ["--snr", "0.2", "--fresh"]) == 0  # the old set is moved aside, kept
+    (moved,) = folder.glob("previous-*")
+    assert (moved / "seeds_000000-000003.npz").read_bytes() == first
+    assert (moved / "manifest.json").is_file()
