@@ -98,12 +98,13 @@ def run(args):
             "classifier_agrees_guided": hit(res.samples)}
     stem = free_stem(out, args.stem or f"conditional_{opts['sampler']}_seed{seed}".replace(
         "+", "p"))
-    paths, js = write_grids(out, stem, {"before": inverse(plain.samples),
-                                        "after": inverse(res.samples)}, info)
+    paths = write_grids(out, stem, {"before": inverse(plain.samples),
+                                    "after": inverse(res.samples)}, info)
     print(f"conditional: {shape[0]} samples of labels {args.labels} (scale {args.scale}), "
           f"{res.nfe} NFE, {seconds:.1f}s; the classifier agrees with the asked label on "
           f"{info['classifier_agrees_unguided']:.2f} unguided -> "
-          f"{info['classifier_agrees_guided']:.2f} guided; {paths['after']} ({js})")
+          f"{info['classifier_agrees_guided']:.2f} guided; {paths['after']} (also "
+          f"{paths['before']}, {paths['json']})")
     return 0
 
 

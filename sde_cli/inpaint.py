@@ -11,13 +11,14 @@ import torch
 
 from sde_cli.app import Command
 from sde_cli.options import (CLIError, add_run_flags, add_sampler_flags, check_sampling, flag,
-                             positive_float, sampler_overrides, workdir_lock)
-from sde_cli.outputs import free_stem, write_json
-from sde_cli.sample import add_source_flags, load_score_model, output_folder
+                             positive_float, sampler_overrides, unique_stem, workdir_lock)
+from sde_cli.outputs import check_name, commit_set, recover_sets
+from sde_cli.sample import absolute_source, add_source_flags, load_score_model, output_folder
 
 MASKS = ("center", "left", "right", "top", "bottom", "random")
 METHODS = ("projection", "dps", "pigdm", "tmpd")
 INITS = ("marginal", "original", "prior")
+GRIDS = ("original", "before", "after")  # the PNG grids of a set: <stem>_<grid>.png
 
 
 def make_mask(kind, shape, seed=0, fraction=0.5):
@@ -61,22 +62,29 @@ def setup(args):
     before any sampling."""
     from networks import get_score_fn
     from training.sampling import sampling_options
+    if args.stem:
+        check_name(args.stem)
     source, config, model, sde, device = load_score_model(args)
     opts = check_sampling(sampling_options(config, **sampler_overrides(args)))
     out = output_folder(args, source, "controllable")
     args.lock = workdir_lock(out, what=f"sde_lib.run {args.command}")
+    recover_sets(out)
     score_fn = get_score_fn(sde, model, continuous=bool(config.training.get("continuous", True)))
     return source, config, sde, score_fn, device, opts, out, int(config.seed)
 
 
 def write_grids(out, stem, grids, info):
-    """<stem>_<name>.png for each grid of images in [0, 1], and <stem>.json."""
+    """<stem>_<name>.png for each grid of images in [0, 1], and <stem>.json, as one set
+    (`commit_set`). Returns {name: path} with 'json'."""
     from training.images import save_grid
-    paths = {}
-    for name, images in grids.items():
-        paths[name] = save_grid(images.clamp(0, 1).cpu(), os.path.join(out, f"{stem}_{name}.png"),
-                                nrow=int(math.ceil(math.sqrt(len(images)))))
-    return paths, write_json(os.path.join(out, f"{stem}.json"), dict(info, png=paths))
+
+    def grid_writer(images):
+        return lambda path: save_grid(images.clamp(0, 1).cpu(), path,
+                                      nrow=int(math.ceil(math.sqrt(len(images)))))
+
+    files = {name: (os.path.join(out, f"{stem}_{name}.png"), grid_writer(images))
+             for name, images in grids.items()}
+    return commit_set(out, stem, files, info)
 
 
 def solve(args, kind):
@@ -106,19 +114,19 @@ def solve(args, kind):
         before = inverse(gray).expand(-1, 3, -1, -1)
         obs_err = float((res.samples.mean(1, keepdim=True) - gray).abs().max())
     seconds = time.time() - t0
-    stem = args.stem or f"{kind}_{opts['sampler']}".replace("+", "p") + (
+    stem = args.stem or f"{kind}_{opts['sampler']}_{res.info['method']}".replace("+", "p") + (
         f"_{args.mask}" if kind == "inpaint" else "") + f"_seed{seed}"
-    stem = free_stem(out, stem)
-    info = {"command": kind, "checkpoint": source, "sde": str(config.training.sde),
+    stem = unique_stem(out, stem, [f"_{n}.png" for n in GRIDS] + [".json"])
+    info = {"command": kind, "checkpoint": absolute_source(source), "sde": str(config.training.sde),
             "num_images": len(data), "nfe": res.nfe, "seconds": seconds, "seed": seed,
             "options": dict(res.info), "max_error_on_observed": obs_err,
             "mse_to_original": float((res.samples - data).pow(2).mean())}
     if kind == "inpaint":
         info["mask"] = args.mask
-    paths, js = write_grids(out, stem, {"original": inverse(data), "before": before,
-                                        "after": inverse(res.samples)}, info)
+    paths = write_grids(out, stem, dict(zip(GRIDS, (inverse(data), before,
+                                                     inverse(res.samples)))), info)
     print(f"{kind}: {len(data)} images, {res.nfe} NFE, {seconds:.1f}s; "
-          f"{paths['before']} -> {paths['after']} ({js})")
+          f"{paths['before']} -> {paths['after']} (also {paths['original']}, {paths['json']})")
     return 0
 
 
@@ -136,8 +144,8 @@ def add_inverse_arguments(parser):
          f"(default marginal for projection, prior otherwise)")
     flag(parser, "scale", type=positive_float, default=1.0, help="guidance weight")
     flag(parser, "out", help="output folder (default <workdir>/controllable)")
-    flag(parser, "stem", help="output file stem (default <command>_<sampler>[_<mask>]"
-         "_seed<seed>, numbered rather than overwriting)")
+    flag(parser, "stem", help="output file stem, a plain name (default <command>_<sampler>"
+         "_<method>[_<mask>]_seed<seed>, numbered rather than overwriting)")
 
 
 def add_arguments(parser):

@@ -1,6 +1,6 @@
 """The main job, ``python -m sde_lib.run [--sde ve|vp|subvp] [--sampler NAME]``: train a small
 score model on the built-in offline default (or --config), then sample it; a PNG grid and a JSON
-summary named by sampler, steps and seed in the workdir."""
+summary named by sampler, steps and seed in <workdir>/samples (where `sample` writes too)."""
 
 import os
 import time
@@ -8,8 +8,9 @@ import time
 from sde_cli.app import Command
 from sde_cli.options import (add_run_flags, add_sampler_flags, check_sampling, config_name,
                              environment, sampler_overrides)
-from sde_cli.outputs import (add_metrics_flag, draw, free_stem, nearest_neighbour_distance,
-                             sample_metrics, sample_stem, write_json, write_samples)
+from sde_cli.outputs import (add_metrics_flag, commit_set, draw, format_metrics, free_stem,
+                             nearest_neighbour_distance, recover_sets, sample_files,
+                             sample_metrics, sample_stem)
 from sde_cli.train import add_dist_flag, prepare
 
 
@@ -36,8 +37,10 @@ def run(args):
         images, nfe, used = draw(model, sde, config, args.num_samples, seed=config.seed,
                                  device=device, args=args, batch=args.sample_batch)
     t2 = time.time()
-    stem = free_stem(workdir, sample_stem("samples", used, config.seed))
-    png, npz = write_samples(images, workdir, stem)
+    out_dir = os.path.join(workdir, "samples")  # where `sample` writes too
+    os.makedirs(out_dir, exist_ok=True)
+    recover_sets(out_dir)
+    stem = free_stem(out_dir, sample_stem("samples", used, config.seed))
     summary = {
         "command": "main", "config": config_name(args), "workdir": workdir,
         "sde": str(config.training.sde), "model": str(config.model.name),
@@ -47,14 +50,17 @@ def run(args):
                   "final_loss": result["final_loss"], "world_size": result["world_size"]},
         "sample": {"num_samples": len(images), "nfe": nfe, "seconds": t2 - t1,
                    "options": used, "seed": int(config.seed)},
-        "png": png, "npz": npz, "checkpoint": result["checkpoint"],
+        "checkpoint": os.path.abspath(result["checkpoint"]),
         "total_seconds": time.time() - t0, "environment": environment(device),
     }
     summary["sample"].update(_quality(images, config, args))
     if args.metrics:
         summary["sample"].update(sample_metrics(images, config, args))
-    path = write_json(os.path.join(workdir, f"{stem}.json"), summary)
-    print(f"samples: {png}\nsummary: {path}")
+    paths = commit_set(out_dir, stem, sample_files(images, out_dir, stem), summary)
+    print(f"samples: {', '.join(p for k, p in paths.items() if k != 'json')}\n"
+          f"summary: {paths['json']}")
+    if args.metrics:
+        print(format_metrics(summary["sample"]))
     print(f"trained {result['step']} steps ({trained_now} in this run, "
           f"{result['train_seconds']:.1f}s; {total_train:.1f}s in all; final loss "
           f"{result['final_loss']:.4g}); sampled {len(images)} images with {used['sampler']} "
@@ -97,5 +103,5 @@ def add_arguments(parser):
 
 
 COMMAND = Command("Train a small score model on the built-in offline default (or --config), "
-                  "then sample it: <workdir>/samples_<sampler>[_<steps>steps]_seed<seed>.png "
+                  "then sample it: <workdir>/samples/samples_<sampler>[_<steps>steps]_seed<seed>.png "
                   "grid, .npz and .json summary.", add_arguments, run)

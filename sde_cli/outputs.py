@@ -85,6 +85,12 @@ def sample_files(images, folder, stem):
     return files
 
 
+def write_json(path, obj):
+    from sde_lib.fileio import write_json as atomic_json
+    atomic_json(path, obj, default=str)
+    return path
+
+
 # ----------------------------------------------------------------------------- output sets
 
 def _pending(folder, stem):

@@ -66,7 +66,7 @@ def run(args):
                              batch=args.sample_batch)
     seconds = time.time() - t0
     stem = free_stem(out_dir, stem or sample_stem("samples", used, seed))
-    info = {"command": "sample", "checkpoint": _absolute(source),
+    info = {"command": "sample", "checkpoint": absolute_source(source),
             "sde": str(config.training.sde), "num_samples": len(images), "nfe": nfe,
             "seconds": seconds, "options": used, "seed": seed,
             "environment": environment(device)}
@@ -80,7 +80,7 @@ def run(args):
     return 0
 
 
-def _absolute(source):
+def absolute_source(source):
     """A checkpoint or model folder as an absolute path (a hub id as it is)."""
     return os.path.abspath(source) if os.path.exists(source) else source
 

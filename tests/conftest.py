@@ -42,3 +42,24 @@ def gaussian8():
     mu = torch.randn(8, generator=g, dtype=torch.float64)
     cov = oracle.random_covariance(8, generator=g, min_eig=0.05, max_eig=1.0)
     return mu, cov, oracle.gaussian(mu, cov)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A toolkit checkpoint of the built-in VE digits model shrunk to nf = 8, trained 2 steps
+    by the command line (checkpoints/checkpoint_1.pth holds step 1, checkpoints-meta step 2)."""
+    import os
+    import subprocess
+    import sys
+    workdir = tmp_path_factory.mktemp("tiny") / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "sde_lib.run", "train", "--sde", "ve",
+                           "--workdir", str(workdir), "--config.model.nf=8",
+                           "--config.model.num_scales=50", "--config.training.n_iters=2",
+                           "--config.training.batch_size=8", "--config.training.eval_freq=0",
+                           "--config.training.snapshot_freq=1",
+                           "--config.training.snapshot_sampling=False", "--no-progress"],
+                          cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir / "checkpoints-meta" / "checkpoint.pth"

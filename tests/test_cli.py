@@ -198,13 +198,13 @@ def trained(tmp_path_factory):
 
 def test_main_job_writes_png_and_summary_named_by_what_made_them(trained):
     from PIL import Image
-    summary = json.loads((trained / "samples_pc_25steps_seed42.json").read_text())
+    summary = json.loads((trained / "samples" / "samples_pc_25steps_seed42.json").read_text())
     assert summary["sde"] == "vesde" and summary["sample"]["options"]["sampler"] == "pc"
     assert summary["train"]["step"] == 20 and summary["sample"]["num_samples"] == 16
     assert summary["train"]["seconds_total"] > 0
     with Image.open(summary["png"]) as im:  # 4 x 4 tiles of 48 pixels, 2-pixel separators
         assert im.size == (4 * 50 + 2, 4 * 50 + 2) and im.mode == "L"
-    assert (trained / "samples_pc_25steps_seed42_pixels.png").is_file()
+    assert (trained / "samples" / "samples_pc_25steps_seed42_pixels.png").is_file()
     with np.load(summary["npz"]) as z:
         assert z["samples"].shape == (16, 8, 8, 1) and z["samples"].dtype == np.uint8
     records = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
@@ -212,12 +212,12 @@ def test_main_job_writes_png_and_summary_named_by_what_made_them(trained):
 
 
 def test_rerun_with_another_sampler_keeps_the_first_outputs(trained, capsys):
-    first = (trained / "samples_pc_25steps_seed42.json").read_bytes()
+    first = (trained / "samples" / "samples_pc_25steps_seed42.json").read_bytes()
     assert cli(["--sde", "ve", "--sampler", "ode", "--quick", "--workdir", str(trained), "-n",
                 "4", *TINY]) == 0
     out = capsys.readouterr().out
-    assert (trained / "samples_pc_25steps_seed42.json").read_bytes() == first
-    summary = json.loads((trained / "samples_ode_seed42.json").read_text())
+    assert (trained / "samples" / "samples_pc_25steps_seed42.json").read_bytes() == first
+    summary = json.loads((trained / "samples" / "samples_ode_seed42.json").read_text())
     assert summary["train"]["steps_this_run"] == 0
     before = json.loads(first)["train"]["seconds_total"]  # not the 0 s of this run alone
     assert before <= summary["train"]["seconds_total"] < before + 2
@@ -379,9 +379,9 @@ def test_main_job_for_the_other_sdes(sde, tmp_path):
     code = cli(["--sde", sde, "--sampler", "pc", "--quick", "-n", "4", "--workdir",
                 str(tmp_path), *TINY])
     assert code == 0
-    summary = json.loads((tmp_path / "samples_pc_25steps_seed42.json").read_text())
+    summary = json.loads((tmp_path / "samples" / "samples_pc_25steps_seed42.json").read_text())
     assert summary["sde"] == {"vp": "vpsde", "subvp": "subvpsde"}[sde]
-    assert (tmp_path / "samples_pc_25steps_seed42.png").is_file()
+    assert (tmp_path / "samples" / "samples_pc_25steps_seed42.png").is_file()
 
 
 def test_sample_and_likelihood_from_a_diffusers_pipeline_folder(tmp_path, capsys):

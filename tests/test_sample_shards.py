@@ -70,17 +70,8 @@ def _no_temp_files(folder):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("seeds") / "run"
-    proc = subprocess.run([sys.executable, "-m", "sde_lib.run", "train", "--sde", "ve",
-                           "--workdir", str(workdir), "--config.model.nf=8",
-                           "--config.model.num_scales=50", "--config.training.n_iters=2",
-                           "--config.training.batch_size=8", "--config.training.eval_freq=0",
-                           "--config.training.snapshot_freq=1",
-                           "--config.training.snapshot_sampling=False", "--no-progress"], cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir / "checkpoints-meta" / "checkpoint.pth"
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
