@@ -427,10 +427,13 @@ def unique_stem(folder, stem, suffixes):
 
 def workdir_lock(folder, what=None):
     """Hold the one-writer lock of `folder` (`sde_lib.fileio.WorkdirLock`) for this command;
-    another live run holding it is an error naming its pid and host."""
-    from sde_lib.fileio import WorkdirLock, WorkdirLockedError
+    another live run holding it is an error naming its pid and host. Holding it, remove the
+    temporary files dead writers left in `folder`."""
+    from sde_lib.fileio import WorkdirLock, WorkdirLockedError, remove_stale_temps
     check_writable(folder)
     try:
-        return WorkdirLock(folder, what=what).acquire()
+        lock = WorkdirLock(folder, what=what).acquire()
     except WorkdirLockedError as e:
         raise CLIError(str(e)) from None
+    remove_stale_temps(folder)
+    return lock

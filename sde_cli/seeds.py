@@ -33,25 +33,6 @@ def toolkit_version():
         return "unknown"
 
 
-def source_identity(source):
-    """The SHA-256 of a checkpoint file, or of a model folder's files (names and contents);
-    a hub id is recorded as its name."""
-    from sde_lib.fileio import file_digest
-    if os.path.isfile(source):
-        return {"sha256": file_digest(source)}
-    if os.path.isdir(source):
-        import hashlib
-        h = hashlib.sha256()
-        for root, dirs, files in sorted(os.walk(source)):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                h.update(os.path.relpath(path, source).encode() + b"\0")
-                h.update(file_digest(path).encode())
-        return {"folder_sha256": h.hexdigest()}
-    return {"hub_id": str(source)}
-
-
 def seeded_options(args, config, sde):
     """The sampling options under --seeds: the Langevin corrector takes the per-sample norm
     rule; an option that still couples the rows is refused. Returns (overrides, used options,
@@ -92,6 +73,7 @@ def default_folder(args, source, used):
 
 
 def run(args):
+    from evaluation.bits_per_dim import source_identity
     from evaluation.shards import ShardError, parse_seeds, prepare_folder, run_shards
     from sde_cli.sample import load_score_model
     from training.distributed import cleanup_distributed, collective, init_distributed
