@@ -16,6 +16,7 @@ Commands (``python -m sde_lib.run COMMAND --help`` lists each one's options):
     inpaint     inpaint images of a split with a checkpoint (before/after PNG grids)
     colorize    colorize grey versions of images of a split
     conditional class-conditional sampling with a noise-conditional classifier
+    metrics     reference statistics once; FID/KID/precision/recall of samples against them
 
 The original's ``--mode train|eval`` is accepted too. Expected errors (unknown config, bad value,
 missing or corrupt checkpoint or data, I/O) print one ``error: ...`` line and exit with status 1;
@@ -46,7 +47,7 @@ class Command:
 # name -> module holding its `COMMAND`; a module is imported only when its command runs.
 COMMANDS = Registry("command")
 for _name in ("main", "train", "sample", "eval", "likelihood", "advise", "inpaint", "colorize",
-              "conditional"):
+              "conditional", "metrics"):
     COMMANDS.register(_name, lambda _n=_name: importlib.import_module(f"sde_cli.{_n}").COMMAND)
 
 

@@ -103,5 +103,5 @@ def add_arguments(parser):
 
 
 COMMAND = Command("Train a small score model on the built-in offline default (or --config), "
-                  "then sample it: <workdir>/samples/samples_<sampler>[_<steps>steps]_seed<seed>.png "
-                  "grid, .npz and .json summary.", add_arguments, run)
+                  "then sample it: <workdir>/samples/samples_<sampler>[_<steps>steps]"
+                  "_seed<seed>.png grid, .npz and .json summary.", add_arguments, run)
