@@ -5,7 +5,7 @@ import os
 import time
 
 from sde_cli.app import Command
-from sde_cli.seeds import add_arguments as add_seed_arguments
+from sde_cli.seeds import add_arguments as add_seed_arguments, run as run_seeds
 from sde_cli.options import (add_run_flags, add_sampler_flags, check_sampling, check_writable,
                              choose_threads, config_for_checkpoint, environment, find_checkpoint,
                              finish_config, flag, load_model, resolve_device, sampler_overrides,
@@ -46,8 +46,7 @@ def output_folder(args, source, name):
 def run(args):
     from training.sampling import sampling_options
     if args.seeds:
-        from sde_cli.seeds import run as run_seeds
-        return run_seeds(args)
+        return run_seeds(args, load_score_model, output_folder)
     stem = check_name(args.stem) if args.stem else None
     source, config, model, sde, device = load_score_model(args)
     check_sampling(sampling_options(config, **sampler_overrides(args)))

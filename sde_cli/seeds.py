@@ -62,9 +62,9 @@ def recorded_options(opts, sde):
             **spec.record(spec.resolve(sde, given))}
 
 
-def default_folder(args, source, used):
-    """--out, else <workdir>/samples/seeds_<sampler>[_<steps>steps]: one folder per sampler."""
-    from sde_cli.sample import output_folder
+def default_folder(args, source, used, output_folder):
+    """--out, else <workdir>/samples/seeds_<sampler>[_<steps>steps] (under `output_folder`'s
+    samples folder): one folder per sampler setting."""
     if args.out:
         return check_writable(args.out)
     name = "seeds_" + str(used["sampler"]).replace("+", "p") + (
@@ -72,10 +72,10 @@ def default_folder(args, source, used):
     return check_writable(os.path.join(output_folder(args, source, "samples"), name))
 
 
-def run(args):
+def run(args, load_score_model, output_folder):
+    """The --seeds path of `sample`, with its model loader and folder rule."""
     from evaluation.bits_per_dim import source_identity
     from evaluation.shards import ShardError, parse_seeds, prepare_folder, run_shards
-    from sde_cli.sample import load_score_model
     from training.distributed import cleanup_distributed, collective, init_distributed
     try:
         seeds = parse_seeds(args.seeds)
@@ -93,7 +93,7 @@ def run(args):
                       f"--shard-size {shard_size} with --sample-batch {batch}",
                       "use a smaller --shard-size or --sample-batch")
     overrides, used, batch_note = seeded_options(args, config, sde)
-    folder = default_folder(args, source, used)
+    folder = default_folder(args, source, used, output_folder)
     info = init_distributed(device="cuda" if device.type == "cuda" else str(device))
     try:
         model = model.to(info.device)
