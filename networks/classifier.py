@@ -20,7 +20,7 @@ import pickle
 import torch
 import torch.nn as nn
 
-from sde_lib import SDES, VESDE, BetaSchedule, expand_to
+from sde_lib import expand_to, sde_from_description as _rebuild
 from sde_lib.fileio import save_torch
 
 FORMAT = "noise_conditional_classifier/1"
@@ -69,32 +69,23 @@ class NoiseConditionalClassifier(nn.Module):
 
 def classifier_logits(model, sde, x, t):
     """The classifier's logits for x(t): model(x / sqrt(alpha(t)^2 + sigma(t)^2), t), with
-    alpha, sigma the perturbation kernel's coefficients (`sde.marginal_prob`)."""
-    ones = torch.ones(t.shape[0], 1, dtype=t.dtype, device=t.device)
-    alpha, sigma = sde.marginal_prob(ones, t)
-    return model(x / expand_to(torch.sqrt(alpha[:, 0] ** 2 + sigma ** 2), x), t)
+    alpha, sigma the perturbation kernel's coefficients (`sde.coefficients`)."""
+    alpha, sigma = sde.coefficients(t)
+    return model(x / expand_to(torch.sqrt(alpha ** 2 + sigma ** 2), x), t)
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
 def sde_description(sde):
-    """A plain dict that rebuilds `sde` (`sde_from_description`)."""
-    if isinstance(sde, VESDE):
-        return {"name": "vesde", "sigma_min": sde.sigma_min, "sigma_max": sde.sigma_max,
-                "N": sde.N}
-    name = {v: k for k, v in SDES.items()}.get(type(sde))
-    if name is not None and isinstance(sde, BetaSchedule):
-        return {"name": name, "beta_min": sde.beta_0, "beta_max": sde.beta_1, "N": sde.N}
-    raise ValueError(f"cannot describe SDE {type(sde).__name__}; known: {sorted(SDES)}")
+    """A plain dict that rebuilds `sde` (`SDE.describe`; `sde_from_description`)."""
+    return sde.describe()
 
 
 def sde_from_description(d):
-    d = dict(d)
-    name = d.pop("name", None)
-    if name not in SDES:
-        raise ValueError(f"unknown SDE {name!r} in the classifier checkpoint; known: "
-                         f"{sorted(SDES)}")
-    return SDES[name](**d)
+    try:
+        return _rebuild(d)
+    except ValueError as e:
+        raise ValueError(f"{e} (the SDE of the classifier checkpoint)") from None
 
 
 def save_classifier(path, model, sde, extra=None):

@@ -2,20 +2,22 @@
 
 A score network is trained on one SDE with one time parameterisation, and its raw output means
 something different for each. `ScoreFunction` applies the same conventions as score_sde_pytorch
-(`models/utils.py:get_score_fn`), so the published checkpoints give the published numbers:
+(`models/utils.py:get_score_fn`), so the published checkpoints give the published numbers. The
+SDE says which family of noise labels its networks take (`sde.noise_labels`) and, for a
+discrete model, its label rule (`sde.discrete_label`, `sde.discrete_kernel`):
 
-    SDE      continuous   label fed to the net            score
-    VP       True         999 t                           -net(x, label) / sigma(t)
-    VP       False        (N - 1) t                       -net(x, label) / sqrt(1 - abar_i),
-                                                          i = floor((N - 1) t) (DDPM's abar)
-    sub-VP   either       999 t                           -net(x, label) / sigma(t)
-    VE       True         sigma(t)                        net(x, label)
-    VE       False        round((T - t)(N - 1)) (long)    net(x, label)
+    labels   continuous   label fed to the net            score               e.g.
+    'time'   True         999 t / T                       -net / sigma(t)     VP, sub-VP, cosine VP
+    'time'   False        (N - 1) t / T (DDPM)            -net / sqrt(1 - abar_i),
+                                                          i = floor((N - 1) t / T)      VP
+    'sigma'  True         sigma(t)                        net                 VE, EDM
+    'sigma'  False        round((T - t)(N - 1) / T) (SMLD, long)   net        VE
 
-sigma(t) is the std of the perturbation kernel (`sde.marginal_prob`). VP/sub-VP networks
-predict the noise z of x_t = alpha x_0 + sigma z (DDPM's epsilon), so score = -z / sigma; 999 t
-puts continuous time on DDPM's 1000-step label scale. VE networks output the score itself
-(NCSN++ with `scale_by_sigma` and NCSNv2 divide by sigma inside); discrete VE labels index the
+An SDE without a discrete model (sub-VP, cosine VP, EDM) always uses the continuous convention.
+sigma(t) is the std of the perturbation kernel (`sde.sigma`). 'time' networks predict the noise
+z of x_t = alpha x_0 + sigma z (DDPM's epsilon), so score = -z / sigma; 999 t / T puts
+continuous time on DDPM's 1000-step label scale. 'sigma' networks output the score itself
+(NCSN++ with `scale_by_sigma` and NCSNv2 divide by sigma inside); discrete SMLD labels index the
 noise levels from the largest (i = 0 at t = T) to the smallest (i = N - 1 at t = 0).
 
 The network's train/eval mode is left as it is: callers choose it (training needs dropout on,
@@ -29,7 +31,11 @@ a sampler's state stays fp32 (`networks.runtime`). `channels_last=True` feeds th
 import torch
 
 from networks.runtime import call_network, canonical_precision
-from sde_lib import VESDE, VPSDE, subVPSDE
+
+NOISE_LABELS = ('sigma', 'time')
+# Continuous time labels of 'time'-family networks: t / T on DDPM's 1000-step scale (the
+# original's 999 t).
+TIME_LABEL_SCALE = 999
 
 
 class ScoreFunction:
@@ -38,9 +44,10 @@ class ScoreFunction:
     and `channels_last`: how the network runs (see the module docstring)."""
 
     def __init__(self, sde, model, continuous=True, precision='fp32', channels_last=False):
-        if not isinstance(sde, (VESDE, VPSDE, subVPSDE)):
-            raise TypeError(f"get_score_fn supports VESDE, VPSDE and subVPSDE, not "
-                            f"{type(sde).__name__}: its network convention is unknown")
+        if getattr(sde, "noise_labels", None) not in NOISE_LABELS:
+            raise TypeError(f"get_score_fn needs an SDE whose noise_labels is one of "
+                            f"{NOISE_LABELS}, not {type(sde).__name__}: its network convention "
+                            f"is unknown")
         self.sde = sde
         self.model = model
         self.continuous = bool(continuous)
@@ -48,34 +55,29 @@ class ScoreFunction:
         self.channels_last = bool(channels_last)
 
     @property
-    def kind(self):
-        """'ve', 'vp' or 'subvp'."""
-        if isinstance(self.sde, subVPSDE):
-            return 'subvp'
-        return 've' if isinstance(self.sde, VESDE) else 'vp'
+    def discrete(self):
+        """Whether the network takes the SDE's discrete labels (continuous=False and the SDE
+        has a discrete model)."""
+        return not self.continuous and self.sde.discrete_model is not None
 
     def noise_labels(self, x, t):
         """The conditioning input the network receives for times `t` ([B])."""
-        sde, kind = self.sde, self.kind
-        if kind == 'subvp' or (kind == 'vp' and self.continuous):
-            return t * 999
-        if kind == 'vp':
-            return t * (sde.N - 1)
-        if self.continuous:
-            return sde.marginal_prob(x, t)[1]
-        labels = sde.T - t
-        labels = labels * (sde.N - 1)
-        return torch.round(labels).long()
+        sde = self.sde
+        if self.discrete:
+            return sde.discrete_label(t)
+        if sde.noise_labels == 'time':
+            return t * (TIME_LABEL_SCALE / sde.T)
+        return sde.sigma(t)
 
     def noise_std(self, x, t, labels):
-        """sigma ([B]) the VP/sub-VP network output is divided by (score = -net / sigma);
-        None for VE, whose network outputs the score."""
-        sde, kind = self.sde, self.kind
-        if kind == 've':
+        """sigma ([B]) the 'time'-family network output is divided by (score = -net / sigma);
+        None for the 'sigma' family, whose network outputs the score."""
+        sde = self.sde
+        if sde.noise_labels == 'sigma':
             return None
-        if kind == 'subvp' or self.continuous:
-            return sde.marginal_prob(x, t)[1]
-        return sde.sqrt_1m_alphas_cumprod.to(labels.device)[labels.long()]
+        if self.discrete:
+            return sde.discrete_kernel(labels.long())[1]
+        return sde.sigma(t)
 
     def __call__(self, x, t):
         if not torch.is_tensor(x) or x.dim() < 1:
@@ -102,8 +104,9 @@ class ScoreFunction:
 
 def get_score_fn(sde, model, continuous=True, *, precision='fp32', channels_last=False):
     """score_fn(x, t) = grad_x log p_t(x) from `model` trained on `sde`, with the original's
-    label and scaling conventions (`continuous`: the model was trained in continuous time; the
-    sub-VP SDE always uses the continuous convention). Raises TypeError for other SDEs.
+    label and scaling conventions (`continuous`: the model was trained in continuous time; an
+    SDE without a discrete model, e.g. sub-VP, always uses the continuous convention). Raises
+    TypeError for an SDE that declares no noise-label family.
     precision: 'fp32', or 'bf16'/'fp16' to run the network under autocast (the rest in fp32);
     channels_last: NHWC input. `RuntimeOptions.score_options()` gives both from a config."""
     return ScoreFunction(sde, model, continuous=continuous, precision=precision,

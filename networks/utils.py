@@ -1,7 +1,8 @@
 """Small helpers shared by the score networks: noise-level grids and activation lookup."""
 
-import numpy as np
 import torch.nn as nn
+
+import sde_lib
 
 # config.model.nonlinearity -> activation module factory (the original's four choices).
 _ACTIVATIONS = {
@@ -26,14 +27,9 @@ def get_act(config):
 
 
 def geometric_sigmas(sigma_min, sigma_max, num_scales):
-    """SMLD noise levels: `num_scales` values from sigma_max down to sigma_min, equally spaced in
-    log sigma (NCSN, Song & Ermon 2019, Sec. 4.2). float64 NumPy array, descending."""
-    if not (0 < sigma_min <= sigma_max):
-        raise ValueError(f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, "
-                         f"sigma_max={sigma_max}")
-    if int(num_scales) < 1:
-        raise ValueError(f"num_scales must be >= 1, got {num_scales}")
-    return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), int(num_scales)))
+    """SMLD noise levels from sigma_max down to sigma_min (`sde_lib.geometric_sigmas`), as a
+    float64 NumPy array, descending."""
+    return sde_lib.geometric_sigmas(sigma_min, sigma_max, num_scales).numpy()
 
 
 def get_sigmas(config):

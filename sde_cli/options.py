@@ -9,12 +9,14 @@ import socket
 
 import torch
 
+import sde_lib
 import solvers
 from solvers.declared import option_table, takers
 
-SDE_NAMES = {"ve": "vesde", "vp": "vpsde", "subvp": "subvpsde",
-             "vesde": "vesde", "vpsde": "vpsde", "subvpsde": "subvpsde"}
+# --sde takes every registered SDE name (sde_lib.sde_names()) and the short aliases ve/vp/subvp;
+# the short name picks the built-in digits config.
 SHORT_SDE = {"vesde": "ve", "vpsde": "vp", "subvpsde": "subvp"}
+SDE_NAMES = {**{n: n for n in sde_lib.sde_names()}, **{v: k for k, v in SHORT_SDE.items()}}
 BUILTIN = "builtin/digits_{sde}"
 
 
@@ -103,7 +105,7 @@ def add_run_flags(parser, *, config_required=False):
          help="config name (e.g. ve/cifar10_ncsnpp_continuous, builtin/digits_ve) or config "
          "file; --config.a.b=value overrides one field. Default: the built-in digits config of "
          "--sde, or the config stored in the checkpoint")
-    flag(g, "sde", choices=["ve", "vp", "subvp"],
+    flag(g, "sde", choices=sorted({SHORT_SDE.get(n, n) for n in SDE_NAMES.values()}),
          type=lambda s: SHORT_SDE.get(SDE_NAMES.get(s, s), s),
          help="SDE (sets config.training.sde; without --config picks builtin/digits_<sde>)")
     flag(g, "workdir", help="folder of checkpoints, logs and outputs "

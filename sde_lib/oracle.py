@@ -149,9 +149,8 @@ class Marginal:
 
     def coefficients(self, t):
         """alpha(t), sigma(t) ([B], float64) of the kernel N(alpha(t) x0, sigma(t)^2 I)."""
-        ones = torch.ones(t.shape[0], 1, dtype=t.dtype, device=t.device)
-        mean, std = self.sde.marginal_prob(ones, t)
-        return mean[:, 0].to(torch.float64), std.to(torch.float64)
+        alpha, sigma = self.sde.coefficients(t)
+        return alpha.to(torch.float64), sigma.to(torch.float64)
 
     def log_prob(self, x, t):
         """log p_t(x), [B] (nats)."""

@@ -1,21 +1,36 @@
-"""Forward SDEs of Song et al. (ICLR 2021), their discretisations and reverse-time SDEs.
+"""The SDE interface of Song et al. (ICLR 2021), the reverse-time SDE, and the registry of SDEs.
 
-Each SDE dx = f(x, t) dt + g(t) dw (Eq. 5) is linear in x, so its perturbation kernel
-p_0t(x(t) | x(0)) is Gaussian with mean `alpha(t) x(0)` and std `sigma(t)` (`marginal_prob`).
-The reverse-time SDE (Eq. 6) and the probability-flow ODE (Eq. 13) are built once in
-`SDE.reverse` from `sde`, `discretize` and a score function, so every sampler and the
-likelihood work for any subclass.
+Each SDE dx = f(x, t) dt + g(t) dw (Eq. 5) here is linear in x, so its perturbation kernel
+p_0t(x(t) | x(0)) is N(alpha(t) x(0), sigma(t)^2 I): an SDE class gives `alpha(t)`, `sigma(t)`,
+`sde`, `prior_sampling`, `prior_logp` and `T`, and everything else the toolkit asks of an SDE is
+built here from those: `marginal_prob`, the log-SNR and its inverse, the Euler-Maruyama
+`discretize`, the reverse-time SDE (Eq. 6) and probability-flow ODE (Eq. 13) of `reverse`, a
+description for saving and rebuilding, and the same SDE with another N (`with_steps`).
 
-Default time limits (the original's, kept per SDE): training draws t ~ U[`training_eps`, T],
-samplers stop at `sampling_eps` (1e-5 for VE, 1e-3 for VP and sub-VP), the likelihood
-integrates from `likelihood_eps` (1e-5).
+An SDE is one file (sde_lib/ve.py, vp.py, subvp.py, cosine_vp.py, edm.py): a subclass registered
+by name with `@register_sde("name")`, which `get_sde(config)` and the command line's `--sde` read.
+What a subclass declares beside its maths:
+
+    config_fields   {constructor parameter: config field} (each also an attribute of that
+                    name): what `get_sde` reads, `describe` records and `with_steps` rebuilds
+    noise_labels    'sigma' (VE-type: a network takes sigma(t) and outputs the score) or 'time'
+                    (VP-type: it takes the time label and predicts the noise); networks.score
+    discrete_model  None, 'smld' (NCSN's noise levels) or 'ddpm': the discrete model the SDE
+                    is the limit of, which gives the discrete loss, the discrete network labels
+                    and the discrete reverse-diffusion / ancestral steps; with it come
+                    `discrete_label`, `discrete_kernel` and `level_coefficients`
+    training_eps, sampling_eps, likelihood_eps   default time limits: training draws
+                    t ~ U[training_eps, T], samplers stop at sampling_eps (1e-5 for VE, 1e-3
+                    for VP and sub-VP, the original's), the likelihood integrates from
+                    likelihood_eps (1e-5)
 """
 
 import abc
 import math
 
-import numpy as np
 import torch
+
+from sde_lib.registry import Registry
 
 
 def expand_to(v, x):
@@ -23,9 +38,20 @@ def expand_to(v, x):
     return v.reshape(v.shape + (1,) * (x.dim() - v.dim()))
 
 
-class SDE(abc.ABC):
-    """A forward SDE on [0, T] with N discretisation steps."""
+def standard_normal_logp(z, scale=1.0):
+    """log N(z; 0, scale^2 I) summed over all but the batch dimension: [B]."""
+    d = z[0].numel()
+    return (-0.5 * d * math.log(2 * math.pi * scale ** 2)
+            - z.flatten(1).pow(2).sum(1) / (2 * scale ** 2))
 
+
+class SDE(abc.ABC):
+    """A forward SDE on [0, T] with N discretisation steps (see the module docstring)."""
+
+    name = None
+    config_fields = {}
+    noise_labels = "time"
+    discrete_model = None
     training_eps = 1e-5
     sampling_eps = 1e-3
     likelihood_eps = 1e-5
@@ -45,8 +71,12 @@ class SDE(abc.ABC):
         """Drift f(x, t) and diffusion g(t) ([B]) of Eq. (5)."""
 
     @abc.abstractmethod
-    def marginal_prob(self, x, t):
-        """Mean and std ([B]) of the perturbation kernel p_0t(x(t) | x(0) = x)."""
+    def alpha(self, t):
+        """alpha(t) ([B]): the mean of the perturbation kernel is alpha(t) x(0)."""
+
+    @abc.abstractmethod
+    def sigma(self, t):
+        """sigma(t) ([B]): the std of the perturbation kernel."""
 
     @abc.abstractmethod
     def prior_sampling(self, shape, generator=None, device=None, dtype=torch.float32):
@@ -55,6 +85,38 @@ class SDE(abc.ABC):
     @abc.abstractmethod
     def prior_logp(self, z):
         """log p_T(z) in nats, summed over all but the batch dimension: [B]."""
+
+    # ------------------------------------------------------------------ the kernel
+
+    def coefficients(self, t):
+        """(alpha(t), sigma(t)), [B] each: the kernel N(alpha(t) x(0), sigma(t)^2 I). A linear
+        SDE's probability-flow ODE, Tweedie's denoiser and every fast sampler need only these."""
+        return self.alpha(t), self.sigma(t)
+
+    def marginal_prob(self, x, t):
+        """Mean alpha(t) x and std sigma(t) ([B]) of the perturbation kernel p_0t(x(t) | x(0) = x)."""
+        self.check_time(x, t)
+        alpha, sigma = self.coefficients(t)
+        return expand_to(alpha, x) * x, sigma
+
+    def log_snr(self, t):
+        """lambda(t) = log(alpha(t) / sigma(t)), half the log signal-to-noise ratio (DPM-Solver's
+        lambda; Lu et al. 2022, Sec. 3.1), decreasing in t."""
+        alpha, sigma = self.coefficients(t)
+        return torch.log(alpha) - torch.log(sigma)
+
+    def t_of_log_snr(self, lam):
+        """The time t in [0, T] with log_snr(t) = lam (the inverse of `log_snr`). Here by
+        bisection in float64; an SDE with a closed form overrides it."""
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        a = torch.zeros_like(lam)
+        b = torch.full_like(lam, float(self.T))
+        for _ in range(100):
+            mid = 0.5 * (a + b)
+            above = self.log_snr(mid) > lam
+            a = torch.where(above, mid, a)
+            b = torch.where(above, b, mid)
+        return 0.5 * (a + b)
 
     def check_time(self, x, t):
         """Raise a ValueError unless `t` is a [B] float tensor in [0, T] for `x` of shape [B, ...]."""
@@ -70,6 +132,8 @@ class SDE(abc.ABC):
                 raise ValueError(f"t must lie in [0, T] = [0, {self.T}], got "
                                  f"{t[bad][:4].tolist()} (of {int(bad.sum())} bad values)")
 
+    # ------------------------------------------------------------------ discretisation
+
     def discretize(self, x, t):
         """Euler-Maruyama discretisation x_{i+1} = x_i + f_i + G_i z_i with dt = T / N."""
         dt = self.T / self.N
@@ -78,7 +142,52 @@ class SDE(abc.ABC):
 
     def timestep(self, t):
         """Index i in {0, ..., N-1} of the discrete noise level at time t (the original's rounding)."""
-        return (t * (self.N - 1) / self.T).long()
+        return (t * ((self.N - 1) / self.T)).long()
+
+    def level_coefficients(self, t):
+        """(alpha_t, sigma_t, alpha_s, sigma_s), [B] each: the kernel at the discrete level of t
+        and at the next lower one (the ancestral predictor's step). Here the continuous kernel
+        at t and at max(t - T/N, 0); a discrete model overrides it with its own levels."""
+        s = (t - self.T / self.N).clamp(min=0)
+        return (*self.coefficients(t), *self.coefficients(s))
+
+    def discrete_label(self, t):
+        """The label a network trained on the discrete model sees at time t (`discrete_model`)."""
+        raise ValueError(f"{type(self).__name__} has no discrete model (no noise labels); use "
+                         f"continuous time")
+
+    def discrete_kernel(self, labels):
+        """(alpha_i, sigma_i) of the discrete model's kernel at integer labels [B]."""
+        raise ValueError(f"{type(self).__name__} has no discrete model (no noise labels); use "
+                         f"continuous time")
+
+    def with_steps(self, N):
+        """This SDE with N discretisation steps (itself if N already matches): its discrete
+        tables (noise levels, betas) are rebuilt for N, so that each step of a discretised
+        predictor spans one level."""
+        N = int(N)
+        if N == self.N:
+            return self
+        return type(self)(**self.params(), N=N)
+
+    # ------------------------------------------------------------------ name and description
+
+    def params(self):
+        """The constructor's parameters besides N (`config_fields`), as plain numbers."""
+        return {p: getattr(self, p) for p in self.config_fields}
+
+    def describe(self):
+        """A plain dict that rebuilds this SDE (`sde_from_description`): name, params, N."""
+        if self.name is None:
+            raise ValueError(f"cannot describe {type(self).__name__}: it is not registered "
+                             f"(sde_lib.register_sde); known: {', '.join(SDES.names())}")
+        return {"name": self.name, **self.params(), "N": self.N}
+
+    @classmethod
+    def from_config(cls, config):
+        """The SDE with the parameters `config_fields` names and N = config.model.num_scales."""
+        kwargs = {p: config_field(config, f) for p, f in cls.config_fields.items()}
+        return cls(**kwargs, N=config_field(config, "model.num_scales"))
 
     def reverse(self, score_fn, probability_flow=False):
         """The reverse-time SDE of Eq. (6), or the probability-flow ODE of Eq. (13) if asked."""
@@ -111,8 +220,10 @@ class ReverseSDE(SDE):
         f = f - expand_to(G ** 2, x) * self.score_fn(x, t) * self._c
         return f, torch.zeros_like(G) if self.probability_flow else G
 
-    def marginal_prob(self, x, t):
+    def _no_kernel(self, *args):
         raise NotImplementedError("a reverse-time SDE has no perturbation kernel; use the forward SDE's")
+
+    alpha = sigma = marginal_prob = _no_kernel
 
     def prior_sampling(self, shape, generator=None, device=None, dtype=torch.float32):
         return self.forward.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
@@ -121,146 +232,30 @@ class ReverseSDE(SDE):
         return self.forward.prior_logp(z)
 
 
-def _standard_normal_logp(z, scale=1.0):
-    """log N(z; 0, scale^2 I) summed over all but the batch dimension."""
-    d = z[0].numel()
-    return (-0.5 * d * math.log(2 * math.pi * scale ** 2)
-            - z.flatten(1).pow(2).sum(1) / (2 * scale ** 2))
+# ----------------------------------------------------------------------------- the registry
+
+SDES = Registry("SDE")
 
 
-class VESDE(SDE):
-    """Variance exploding SDE (Eq. 30): dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw,
-    sigma(t) = sigma_min (sigma_max / sigma_min)^t; SMLD (NCSN) in the discrete limit."""
+def register_sde(name, cls=None, *, replace=False):
+    """Register an SDE subclass under `name` (usable as a class decorator) and set its `name`:
+    `get_sde`, `sde_from_description` and the command line's `--sde` then know it."""
 
-    sampling_eps = 1e-5
+    def add(cls):
+        if not (isinstance(cls, type) and issubclass(cls, SDE)):
+            raise TypeError(f"register_sde takes an SDE subclass, got {cls!r}")
+        SDES.register(name, cls, replace=replace)
+        cls.name = name
+        return cls
 
-    def __init__(self, sigma_min=0.01, sigma_max=50.0, N=1000):
-        super().__init__(N)
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, "
-                             f"sigma_max={sigma_max}")
-        self.sigma_min = float(sigma_min)
-        self.sigma_max = float(sigma_max)
-        # Noise levels of SMLD, ascending: sigma_i = sigma_min (sigma_max / sigma_min)^(i / (N-1)).
-        self.discrete_sigmas = torch.exp(torch.linspace(np.log(self.sigma_min),
-                                                        np.log(self.sigma_max), self.N))
-
-    @property
-    def T(self):
-        return 1.0
-
-    def sigma(self, t):
-        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
-
-    def sde(self, x, t):
-        self.check_time(x, t)
-        diffusion = self.sigma(t) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
-        return torch.zeros_like(x), diffusion
-
-    def marginal_prob(self, x, t):
-        """Mean x and std sigma(t). As in the original, x(0) is taken to carry noise sigma_min
-        already, so the std is sigma(t), not sqrt(sigma(t)^2 - sigma_min^2)."""
-        self.check_time(x, t)
-        return x, self.sigma(t)
-
-    def prior_sampling(self, shape, generator=None, device=None, dtype=torch.float32):
-        return torch.randn(*shape, generator=generator, device=device, dtype=dtype) * self.sigma_max
-
-    def prior_logp(self, z):
-        return _standard_normal_logp(z, self.sigma_max)
-
-    def discretize(self, x, t):
-        """SMLD: x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z, with sigma_{-1} = 0."""
-        self.check_time(x, t)
-        i = self.timestep(t)
-        sigmas = self.discrete_sigmas.to(t.device)
-        sigma = sigmas[i]
-        adjacent = torch.where(i == 0, torch.zeros_like(sigma), sigmas[(i - 1).clamp(min=0)])
-        return torch.zeros_like(x), torch.sqrt(sigma ** 2 - adjacent ** 2).to(x.dtype)
+    return add if cls is None else add(cls)
 
 
-class BetaSchedule(SDE):
-    """Linear beta(t) = beta_0 + t (beta_1 - beta_0) and the DDPM discrete betas beta_i = beta(i/(N-1))/N.
-
-    The common base of VPSDE and subVPSDE: `isinstance(sde, BetaSchedule)` asks for a beta(t)."""
-
-    def __init__(self, beta_min=0.1, beta_max=20.0, N=1000):
-        super().__init__(N)
-        if not 0 <= beta_min < beta_max:
-            raise ValueError(f"need 0 <= beta_min < beta_max, got beta_min={beta_min}, "
-                             f"beta_max={beta_max}")
-        self.beta_0 = float(beta_min)
-        self.beta_1 = float(beta_max)
-        self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
-        self.alphas = 1.0 - self.discrete_betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
-        self.sqrt_1m_alphas_cumprod = torch.sqrt(1.0 - self.alphas_cumprod)
-
-    @property
-    def T(self):
-        return 1.0
-
-    def beta(self, t):
-        return self.beta_0 + t * (self.beta_1 - self.beta_0)
-
-    def log_mean_coeff(self, t):
-        """log alpha(t) = -1/4 t^2 (beta_1 - beta_0) - 1/2 t beta_0 = -1/2 int_0^t beta(s) ds."""
-        return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
-
-    def prior_sampling(self, shape, generator=None, device=None, dtype=torch.float32):
-        return torch.randn(*shape, generator=generator, device=device, dtype=dtype)
-
-    def prior_logp(self, z):
-        return _standard_normal_logp(z)
+def sde_names():
+    return SDES.names()
 
 
-class VPSDE(BetaSchedule):
-    """Variance preserving SDE (Eq. 32): dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw; DDPM in the
-    discrete limit."""
-
-    def sde(self, x, t):
-        self.check_time(x, t)
-        beta = self.beta(t)
-        return -0.5 * expand_to(beta, x) * x, torch.sqrt(beta)
-
-    def marginal_prob(self, x, t):
-        """Eq. (33): mean alpha(t) x, std sqrt(1 - alpha(t)^2)."""
-        self.check_time(x, t)
-        lmc = self.log_mean_coeff(t)
-        return expand_to(torch.exp(lmc), x) * x, torch.sqrt(-torch.expm1(2 * lmc))
-
-    def discretize(self, x, t):
-        """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
-        self.check_time(x, t)
-        i = self.timestep(t)
-        beta = self.discrete_betas.to(x.device)[i]
-        alpha = self.alphas.to(x.device)[i]
-        f = expand_to(torch.sqrt(alpha), x) * x - x
-        return f, torch.sqrt(beta).to(x.dtype)
-
-
-class subVPSDE(BetaSchedule):
-    """sub-VP SDE (Eq. 16): dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw.
-    Its discrete betas/alphas (those of VP) serve the Langevin corrector's step size."""
-
-    def sde(self, x, t):
-        self.check_time(x, t)
-        beta = self.beta(t)
-        discount = -torch.expm1(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
-        return -0.5 * expand_to(beta, x) * x, torch.sqrt(beta * discount)
-
-    def marginal_prob(self, x, t):
-        """Eq. (29): mean alpha(t) x, std 1 - alpha(t)^2."""
-        self.check_time(x, t)
-        lmc = self.log_mean_coeff(t)
-        return expand_to(torch.exp(lmc), x) * x, -torch.expm1(2 * lmc)
-
-
-SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
-
-
-def _config_field(config, path):
+def config_field(config, path):
     """`config.<path>` for a dotted `path` ('training.sde'); a missing field is a ValueError that
     names it."""
     value = config
@@ -275,16 +270,25 @@ def _config_field(config, path):
 
 
 def get_sde(config):
-    """The SDE named by `config.training.sde` (one of `SDES`), with the noise settings of
-    `config.model` (sigma_min/sigma_max for VE, beta_min/beta_max for VP and sub-VP, num_scales)."""
+    """The SDE named by `config.training.sde` (any registered name, case-insensitive), built by
+    its `from_config` from the fields it declares (`config.model.sigma_min`/`sigma_max` for VE,
+    `beta_min`/`beta_max` for VP and sub-VP) and N = `config.model.num_scales`."""
     try:
-        sde = _config_field(config, "training.sde")
+        sde = config_field(config, "training.sde")
     except ValueError as e:
-        raise ValueError(f"{e}: it names the SDE, one of {', '.join(sorted(SDES))}") from None
+        raise ValueError(f"{e}: it names the SDE, one of {', '.join(sde_names())}") from None
     name = str(sde).lower()
     if name not in SDES:
         raise ValueError(f"unknown SDE {sde!r} in config.training.sde; known: "
-                         f"{', '.join(sorted(SDES))}")
-    params = ("sigma_min", "sigma_max") if name == "vesde" else ("beta_min", "beta_max")
-    kwargs = {p: _config_field(config, f"model.{p}") for p in params}
-    return SDES[name](**kwargs, N=_config_field(config, "model.num_scales"))
+                         f"{', '.join(sde_names())}")
+    return SDES.get(name).from_config(config)
+
+
+def sde_from_description(description):
+    """The SDE a `SDE.describe()` dict describes."""
+    d = dict(description)
+    name = d.pop("name", None)
+    if not isinstance(name, str) or name not in SDES:
+        raise ValueError(f"unknown SDE {name!r}; known: {', '.join(sde_names())}")
+    return SDES.get(name)(**d)
+

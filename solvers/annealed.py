@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from sde_lib import VESDE
+from sde_lib import VESDE, geometric_sigmas
 from solvers.evaluations import CountingScore, check_finite
 from solvers.noise import randn, randn_like
 from solvers.operators import check_mask
@@ -40,17 +40,17 @@ from solvers.shapes import time_vector
 
 def annealed_levels(sde):
     """(times [L], sigmas [L]) of the discrete VE noise levels, largest sigma first: t_i =
-    linspace(T, 0, L), sigma_i = sde.discrete_sigmas reversed (float64)."""
-    if not isinstance(sde, VESDE):
-        raise TypeError(f"annealed Langevin dynamics runs over the noise levels of a VESDE "
-                        f"(SMLD / NCSN), not {type(sde).__name__}")
+    linspace(T, 0, L), sigma_i = `sde_lib.geometric_sigmas` (sde.discrete_sigmas reversed, in
+    float64)."""
+    if getattr(sde, "discrete_model", None) != "smld":
+        raise TypeError(f"annealed Langevin dynamics runs over the SMLD noise levels of an SDE "
+                        f"whose discrete model is 'smld' (VESDE), not {type(sde).__name__}")
     if sde.N < 2:
         raise ValueError(f"annealed Langevin dynamics needs at least 2 noise levels, "
                          f"got sde.N = {sde.N}")
     L = sde.N
     times = torch.linspace(sde.T, 0.0, L, dtype=torch.float64)
-    sigmas = torch.exp(torch.linspace(math.log(sde.sigma_max), math.log(sde.sigma_min), L,
-                                      dtype=torch.float64))
+    sigmas = geometric_sigmas(sde.sigma_min, sde.sigma_max, L)
     return times, sigmas
 
 

@@ -16,8 +16,7 @@ import math
 
 import torch
 
-from sde_lib import VESDE, VPSDE, expand_to
-from solvers.common import coefficients
+from sde_lib import expand_to
 from solvers.noise import randn_like
 from sde_lib.registry import Registry
 
@@ -52,52 +51,32 @@ def reverse_diffusion(score_fn, sde, x, t, *, probability_flow=False, generator=
     return x_mean + expand_to(G, x) * randn_like(x, generator), x_mean
 
 
-def _adjacent_levels(sde, t):
-    """(alpha_t, sigma_t, alpha_s, sigma_s), [B] each: the kernel coefficients at the current
-    level and at the next lower one. VE: the SMLD sigmas; VP: DDPM's cumulative alphas (levels
-    i and i-1, the level below 0 being the data: alpha = 1, sigma = 0); other SDEs: the
-    continuous kernel at t and at max(t - T/N, 0)."""
-    if isinstance(sde, (VESDE, VPSDE)):
-        i = sde.timestep(t)
-        prev = (i - 1).clamp(min=0)
-        first = i == 0
-        if isinstance(sde, VESDE):
-            sigmas = sde.discrete_sigmas.to(device=t.device, dtype=t.dtype)
-            ones = torch.ones_like(t)
-            return ones, sigmas[i], ones, torch.where(first, torch.zeros_like(t), sigmas[prev])
-        abar = sde.alphas_cumprod.to(device=t.device, dtype=t.dtype)
-        abar_s = torch.where(first, torch.ones_like(t), abar[prev])
-        return abar[i].sqrt(), (1 - abar[i]).sqrt(), abar_s.sqrt(), (1 - abar_s).sqrt()
-    s = (t - sde.T / sde.N).clamp(min=0)
-    a_t, s_t = coefficients(sde, t)
-    a_s, s_s = coefficients(sde, s)
-    return a_t, s_t, a_s, s_s
-
-
 @register_predictor("ancestral_sampling")
 def ancestral_sampling(score_fn, sde, x, t, *, probability_flow=False, generator=None):
     """Ancestral sampling (App. F): a draw from the posterior q(x_{i-1} | x_i, x_0 = x0_hat)
     with Tweedie's x0_hat = (x + sigma_i^2 score) / alpha_i.
 
-    VE (SMLD levels): x_mean = x + (sigma_i^2 - sigma_{i-1}^2) score,
+    The levels i, i - 1 are the SDE's (`sde.level_coefficients`): SMLD's and DDPM's for the
+    SDEs with those discrete models, else the continuous kernel at t and t - T/N.
+    SMLD (VE): x_mean = x + (sigma_i^2 - sigma_{i-1}^2) score,
     std = sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2).
-    VP (DDPM): x_mean = (x + beta_i score) / sqrt(1 - beta_i), std = sqrt(beta_i).
-    Other SDEs (sub-VP; the original supports only VE and VP): the exact Gaussian posterior
-    between the kernels at t and t - T/N, which for VE is the same formula as above.
+    DDPM (VP): x_mean = (x + beta_i score) / sqrt(1 - beta_i), std = sqrt(beta_i).
+    Other SDEs (sub-VP, cosine VP, EDM; the original supports only VE and VP): the exact
+    Gaussian posterior between the two kernels, which for alpha = 1 is the SMLD formula.
     probability_flow=True: the deterministic (DDIM, eta = 0) step
     x_{i-1} = alpha_{i-1} x0_hat + sigma_{i-1} eps_hat, eps_hat = -sigma_i score."""
-    if isinstance(sde, VPSDE) and not probability_flow:
+    if sde.discrete_model == "ddpm" and not probability_flow:
         i = sde.timestep(t)
         beta = expand_to(sde.discrete_betas.to(device=x.device, dtype=x.dtype)[i], x)
         x_mean = (x + beta * score_fn(x, t)) / torch.sqrt(1 - beta)
         return x_mean + beta.sqrt() * randn_like(x, generator), x_mean
-    a_t, s_t, a_s, s_s = (expand_to(v, x) for v in _adjacent_levels(sde, t))
+    a_t, s_t, a_s, s_s = (expand_to(v, x) for v in sde.level_coefficients(t))
     score = score_fn(x, t)
     x0 = (x + s_t ** 2 * score) / a_t
     if probability_flow:
         x_new = a_s * x0 - s_s * s_t * score
         return x_new, x_new
-    if isinstance(sde, VESDE):
+    if sde.discrete_model == "smld":
         var_step = s_t ** 2 - s_s ** 2
         x_mean = x + var_step * score
         std = torch.sqrt(s_s ** 2 * var_step / s_t ** 2)

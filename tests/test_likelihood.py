@@ -9,7 +9,7 @@ import torch
 from likelihood import (batch_rms_norm, bits_per_dim, bits_per_dim_details, bpd_from_logp,
                         discretization_offset, exact_divergence, hutchinson_divergence,
                         log_likelihood, per_sample_norm, uniform_dequantization)
-from sde_lib import VESDE, VPSDE, oracle, subVPSDE
+from sde_lib import SDES as REGISTRY, VESDE, VPSDE, oracle, sde_names, subVPSDE
 
 SDES = {"ve": VESDE, "vp": VPSDE, "subvp": subVPSDE}
 SHAPE = (1, 8, 8)  # D = 64
@@ -53,9 +53,10 @@ def prior_mismatch(p, sde, z):
 
 
 @pytest.mark.parametrize("data", ["gaussian", "mixture"])
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("name", sde_names())
 def test_exact_divergence_matches_closed_form(name, data):
-    sde = SDES[name]()
+    """log_likelihood against the exact log p_eps, for every registered SDE."""
+    sde = REGISTRY.get(name)()
     dist = gaussian() if data == "gaussian" else mixture()
     p, x, exact = data_at_eps(dist, sde, 3, seed=10)
     res = log_likelihood(p.score, sde, x, estimator="exact")

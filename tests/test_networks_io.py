@@ -13,7 +13,7 @@ import torch.nn as nn
 import configs
 import networks
 from networks import CheckpointError, ExponentialMovingAverage, get_score_fn
-from sde_lib import VESDE, VPSDE, subVPSDE
+from sde_lib import EDMVESDE, VESDE, VPSDE, CosineVPSDE, subVPSDE
 
 from cases import Payload
 
@@ -344,6 +344,31 @@ def test_ve_discrete_convention(probe):
     assert net.labels.dtype == torch.long
     assert net.labels.tolist() == [9, 7, 4, 0]  # round((1 - t) * 9): 8.991, 6.75, 4.5 -> 4, 0
     assert torch.equal(score, out)
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_cosine_vp_takes_time_labels_on_its_own_end(probe, continuous):
+    """cosine VP (T = 0.995): labels 999 t / T, score -net / sigma(t); no discrete labels."""
+    x, out, t = probe
+    sde = CosineVPSDE()
+    t = t * sde.T
+    net = RecordingNet(out)
+    score = get_score_fn(sde, net, continuous=continuous)(x, t)
+    torch.testing.assert_close(net.labels, t * (999 / 0.995))
+    s = 0.008
+    abar = (np.cos((t.double().numpy() + s) / (1 + s) * np.pi / 2) ** 2
+            / np.cos(s / (1 + s) * np.pi / 2) ** 2)
+    expected = -out.double() / torch.from_numpy(np.sqrt(1 - abar)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(score.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_edm_takes_sigma_labels(probe):
+    """EDM (sigma(t) = t on [0.002, 80]): the network takes sigma = t and outputs the score."""
+    x, out, t = probe
+    t = t * 80.0
+    net = RecordingNet(out)
+    score = get_score_fn(EDMVESDE(), net, continuous=False)(x, t)
+    assert torch.equal(net.labels, t) and torch.equal(score, out)
 
 
 def test_score_fn_checks_time_and_sde(probe):

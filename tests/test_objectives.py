@@ -331,3 +331,29 @@ def test_image_model_gets_parameter_gradients(name):
     loss.backward()
     for p in net.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_dsm_is_registered_whichever_module_is_imported_first():
+    """Every objective registers itself at import of the training package: get_objective('dsm')
+    works in a fresh interpreter that imports only training.objectives."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from training.objectives import get_objective, objective_names; "
+            "print(get_objective('dsm').__name__, objective_names())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "dsm_objective" and "'ssm'" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["subvpsde", "cosine_vpsde", "edm_vesde"])
+def test_discrete_training_needs_a_discrete_model(name):
+    from sde_lib import SDES
+
+    cfg = ConfigDict({"training": {"continuous": False}})
+    with pytest.raises(ValueError, match="needs an SDE with a discrete model"):
+        losses.get_loss_fn(cfg, SDES.get(name)())
+    with pytest.raises(ValueError, match="integer labels need sigmas"):
+        obj.perturbation_kernel(torch.zeros(2, 3), torch.tensor([0, 1]), sde=SDES.get(name)())

@@ -8,13 +8,17 @@ import torch
 from ml_collections import ConfigDict
 from scipy import stats
 
-from sde_lib import SDE, VESDE, VPSDE, expand_to, get_sde, oracle, subVPSDE
+from sde_lib import (SDE, SDES, VESDE, VPSDE, expand_to, get_sde, oracle, sde_from_description,
+                     sde_names, subVPSDE)
 
-SDES = {"ve": VESDE, "vp": VPSDE, "subvp": subVPSDE}
+# Every registered SDE runs through the per-SDE tests below; the short names are for the tests
+# that are about one of the paper's three.
+ALL = sde_names()
+SHORT = {"ve": "vesde", "vp": "vpsde", "subvp": "subvpsde"}
 
 
 def make(name, N=1000):
-    return SDES[name](N=N)
+    return SDES.get(SHORT.get(name, name))(N=N)
 
 
 def euler_maruyama(sde, x0, t_end, steps, generator):
@@ -29,19 +33,20 @@ def euler_maruyama(sde, x0, t_end, steps, generator):
     return x
 
 
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
-@pytest.mark.parametrize("t_end", [0.3, 1.0])
-def test_marginal_prob_matches_simulation(name, t_end):
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("frac", [0.3, 1.0])
+def test_marginal_prob_matches_simulation(name, frac):
     sde = make(name)
+    t_end = frac * sde.T
     g = torch.Generator().manual_seed(0)
     n = 20000
     x0 = torch.tensor([1.5, -0.5], dtype=torch.float64).expand(n, 2).clone()
-    xt = euler_maruyama(sde, x0, t_end, 1000, g)
+    xt = euler_maruyama(sde, x0, t_end, 2000, g)
     t = torch.full((n,), t_end, dtype=torch.float64)
     mean, std = sde.marginal_prob(x0, t)
     _, std0 = sde.marginal_prob(x0, torch.zeros(n, dtype=torch.float64))
     # From a point mass at t=0 the variance gained is std(t)^2 - alpha(t)^2 std(0)^2: VE's
-    # marginal_prob counts sigma_min at t = 0 (the original's convention), VP and sub-VP have std(0) = 0.
+    # marginal_prob counts sigma_min at t = 0 (the original's convention), the others have std(0) = 0.
     alpha = mean[0, 0] / x0[0, 0]
     var_expected = std[0] ** 2 - alpha ** 2 * std0[0] ** 2
     emp_mean = xt.mean(0)
@@ -51,11 +56,61 @@ def test_marginal_prob_matches_simulation(name, t_end):
     assert rel < 4 * math.sqrt(2 / n) + 0.01, (emp_var, var_expected)
 
 
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("name", ALL)
+def test_kernel_solves_the_moment_equations_of_the_sde(name):
+    """For dx = f(t) x dt + g(t) dw the kernel's alpha and sigma obey d log alpha / dt = f(t)
+    and d sigma^2 / dt = 2 f(t) sigma^2 + g(t)^2 (central differences, float64)."""
+    sde = make(name)
+    t = torch.tensor([0.05, 0.2, 0.5, 0.8, 0.97], dtype=torch.float64) * sde.T
+    h = 1e-5 * sde.T
+    one = torch.ones(5, 1, dtype=torch.float64)
+    drift, diffusion = sde.sde(one, t)
+    f = drift[:, 0]
+    a_p, s_p = sde.coefficients(t + h)
+    a_m, s_m = sde.coefficients(t - h)
+    _, sigma = sde.coefficients(t)
+    dlog_alpha = (torch.log(a_p) - torch.log(a_m)) / (2 * h)
+    dvar = (s_p ** 2 - s_m ** 2) / (2 * h)
+    assert torch.allclose(dlog_alpha, f, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(dvar, 2 * f * sigma ** 2 + diffusion ** 2, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_log_snr_and_its_inverse(name):
+    """log_snr = log(alpha / sigma), decreasing; t_of_log_snr inverts it, and the closed forms
+    of the subclasses agree with the base class's bisection."""
+    sde = make(name)
+    t = torch.tensor([0.01, 0.1, 0.4, 0.7, 0.99], dtype=torch.float64) * sde.T
+    alpha, sigma = sde.coefficients(t)
+    lam = sde.log_snr(t)
+    assert torch.allclose(lam, torch.log(alpha / sigma), rtol=1e-12)
+    assert (lam[1:] < lam[:-1]).all()
+    assert torch.allclose(sde.t_of_log_snr(lam), t, rtol=1e-7, atol=1e-9 * sde.T)
+    assert torch.allclose(SDE.t_of_log_snr(sde, lam), t, rtol=1e-7, atol=1e-9 * sde.T)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_description_config_and_other_n_rebuild_the_same_sde(name):
+    sde = make(name, N=50)
+    d = sde.describe()
+    assert d["name"] == name == sde.name and d["N"] == 50
+    again = sde_from_description(d)
+    t = torch.linspace(0.01, 1.0, 7, dtype=torch.float64) * sde.T
+    assert type(again) is type(sde) and again.describe() == d
+    assert all(torch.equal(a, b) for a, b in zip(again.coefficients(t), sde.coefficients(t)))
+    other = sde.with_steps(20)
+    assert other.N == 20 and sde.N == 50 and other.params() == sde.params()
+    assert sde.with_steps(50) is sde
+    fields = {f.split(".")[1]: getattr(sde, p) for p, f in sde.config_fields.items()}
+    cfg = ConfigDict({"training": {"sde": name}, "model": {**fields, "num_scales": 50}})
+    assert get_sde(cfg).describe() == d
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_discretize_consistent_with_sde(name):
     """f_i and G_i of `discretize` approach f dt and g sqrt(dt) as N grows."""
     x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    t = torch.tensor([0.05, 0.2, 0.5, 0.8, 1.0], dtype=torch.float64)
+    t = torch.tensor([0.05, 0.2, 0.5, 0.8, 1.0], dtype=torch.float64) * make(name).T
     errors = []
     for N in [100, 1000, 10000]:
         sde = make(name, N)
@@ -64,7 +119,7 @@ def test_discretize_consistent_with_sde(name):
         dt = sde.T / N
         err_f = (f - drift * dt).abs().max() / (drift * dt).abs().max().clamp(min=1e-12)
         err_G = ((G / (diffusion * math.sqrt(dt))) - 1).abs().max()
-        errors.append(max(float(err_f) if name != "ve" else 0.0, float(err_G)))
+        errors.append(max(float(err_f) if drift.abs().max() > 0 else 0.0, float(err_G)))
     assert errors[0] > errors[1] > errors[2] or errors[-1] < 1e-6, errors
     assert errors[-1] < 0.01, errors
 
@@ -89,12 +144,15 @@ def test_ve_discretize_is_smld():
     assert np.allclose(G.numpy(), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("name", ALL)
 def test_prior_logp_closed_form(name):
+    """The prior is N(0, s^2 I) with s = sigma(T) to two decimals (alpha(T) is 1 or nearly 0)."""
     sde = make(name)
     z = sde.prior_sampling((4, 2, 3, 3), generator=torch.Generator().manual_seed(2),
                            dtype=torch.float64)
-    scale = 50.0 if name == "ve" else 1.0
+    scale = round(float(sde.sigma(torch.tensor([sde.T], dtype=torch.float64))), 2)
+    big = sde.prior_sampling((40000,), generator=torch.Generator().manual_seed(3))
+    assert abs(float(big.std()) / scale - 1) < 0.02
     expected = stats.multivariate_normal(np.zeros(18), scale ** 2 * np.eye(18)).logpdf(
         z.reshape(4, -1).numpy())
     assert np.allclose(sde.prior_logp(z).numpy(), expected, rtol=1e-10)
@@ -110,20 +168,45 @@ def test_prior_sampling_reproducible():
                - 50.0) < 1.0
 
 
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+def _linear_beta_alpha(t):
+    return torch.exp(-0.5 * (0.1 * t + 0.5 * (20 - 0.1) * t ** 2))  # exp(-1/2 int_0^t beta)
+
+
+def _cosine_alpha_bar(t, s=0.008):
+    return torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+
+
+# name -> t -> (alpha(t), sigma(t)), from the papers (defaults of each SDE). Every registered
+# SDE must have its closed form here.
+CLOSED_FORMS = {
+    "vesde": lambda t: (torch.ones_like(t), 0.01 * 5000.0 ** t),
+    "vpsde": lambda t: (_linear_beta_alpha(t), torch.sqrt(1 - _linear_beta_alpha(t) ** 2)),
+    "subvpsde": lambda t: (_linear_beta_alpha(t), 1 - _linear_beta_alpha(t) ** 2),
+    "cosine_vpsde": lambda t: (_cosine_alpha_bar(t).sqrt(), torch.sqrt(1 - _cosine_alpha_bar(t))),
+    "edm_vesde": lambda t: (torch.ones_like(t), t),
+}
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_marginal_closed_forms(name):
     sde = make(name)
-    t = torch.tensor([0.0, 0.1, 0.5, 1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.1, 0.5, 1.0], dtype=torch.float64) * sde.T
     mean, std = sde.marginal_prob(torch.ones(4, 1, dtype=torch.float64), t)
-    if name == "ve":
-        assert torch.allclose(mean[:, 0], torch.ones(4, dtype=torch.float64))
-        assert torch.allclose(std, 0.01 * 5000.0 ** t)
-    else:
-        integral = 0.1 * t + 0.5 * (20 - 0.1) * t ** 2  # int_0^t beta(s) ds
-        alpha = torch.exp(-0.5 * integral)
-        assert torch.allclose(mean[:, 0], alpha)
-        var = 1 - alpha ** 2
-        assert torch.allclose(std, var.sqrt() if name == "vp" else var)
+    alpha, sigma = CLOSED_FORMS[name](t)
+    assert torch.allclose(mean[:, 0], alpha, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(std, sigma, rtol=1e-10, atol=1e-12)
+
+
+def test_new_sdes_keep_their_papers_ends():
+    """cosine VP: truncated at T = 0.995 (alpha_bar(T) = 6.1e-5, beta(T) = 400); EDM: T = 80,
+    sigma(t) = t, prior N(0, 80^2 I), time limits 0.002."""
+    cos, edm = make("cosine_vpsde"), make("edm_vesde")
+    T = torch.tensor([cos.T], dtype=torch.float64)
+    assert cos.T == 0.995 and cos.alpha(T) ** 2 == pytest.approx(6.07e-5, rel=0.01)
+    assert float(cos.beta(T)) == pytest.approx(400, rel=0.01)
+    assert cos.noise_labels == "time" and cos.discrete_model is None
+    assert edm.T == 80.0 and edm.noise_labels == "sigma" and edm.discrete_model is None
+    assert edm.training_eps == edm.sampling_eps == edm.likelihood_eps == 0.002
 
 
 def _gaussian_score_numpy(x, t, sde, mu, cov):
@@ -138,7 +221,7 @@ def _gaussian_score_numpy(x, t, sde, mu, cov):
     return np.stack(out)
 
 
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("name", ALL)
 def test_reverse_drift_with_oracle_score(name):
     sde = make(name)
     g = torch.Generator().manual_seed(3)
@@ -147,7 +230,7 @@ def test_reverse_drift_with_oracle_score(name):
     cov = oracle.random_covariance(D, generator=g)
     p_t = oracle.gaussian(mu, cov).marginal(sde)
     x = torch.randn(6, D, generator=g, dtype=torch.float64) * 2
-    t = torch.rand(6, generator=g, dtype=torch.float64) * 0.999 + 1e-3
+    t = (torch.rand(6, generator=g, dtype=torch.float64) * 0.999 + 1e-3) * sde.T
     score = _gaussian_score_numpy(x, t, sde, mu.numpy(), cov.numpy())
     drift, diffusion = sde.sde(x, t)
     g2 = (diffusion ** 2).numpy()[:, None]
@@ -164,7 +247,7 @@ def test_reverse_drift_with_oracle_score(name):
     assert torch.all(rG == 0)
 
 
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("name", ALL)
 def test_oracle_score_is_grad_log_prob(name):
     sde = make(name)
     g = torch.Generator().manual_seed(4)
@@ -173,7 +256,7 @@ def test_oracle_score_is_grad_log_prob(name):
     dist = oracle.gaussian_mixture(torch.randn(K, D, generator=g) * 2, covs, [0.2, 0.3, 0.5])
     p_t = dist.marginal(sde)
     x = torch.randn(8, D, generator=g, dtype=torch.float64).requires_grad_(True)
-    t = torch.rand(8, generator=g, dtype=torch.float64)
+    t = torch.rand(8, generator=g, dtype=torch.float64) * sde.T
     (grad,) = torch.autograd.grad(p_t.log_prob(x, t).sum(), x)
     assert torch.allclose(p_t.score(x, t), grad, rtol=1e-9, atol=1e-9)
 
@@ -235,7 +318,8 @@ def test_get_sde_from_config():
     cfg.training.sde = "subvpsde"
     assert isinstance(get_sde(cfg), subVPSDE)
     cfg.training.sde = "edm"
-    with pytest.raises(ValueError, match="unknown SDE 'edm'.*known: subvpsde, vesde, vpsde"):
+    with pytest.raises(ValueError, match="unknown SDE 'edm'.*known: cosine_vpsde, edm_vesde, "
+                                         "subvpsde, vesde, vpsde"):
         get_sde(cfg)
 
 
@@ -244,7 +328,7 @@ def test_get_sde_names_the_missing_field():
     or without a noise setting fails with the field's name, not AttributeError: 'sde'."""
     cfg = ConfigDict({"training": {"loss": "vesde"},
                       "model": {"sigma_min": 0.01, "sigma_max": 1.0, "num_scales": 10}})
-    with pytest.raises(ValueError, match="config.training.sde is missing.*subvpsde, vesde, vpsde"):
+    with pytest.raises(ValueError, match="config.training.sde is missing.*edm_vesde, subvpsde"):
         get_sde(cfg)
     with pytest.raises(ValueError, match=r"config.training.sde is missing \(the config has no "
                                          r"training\)"):
@@ -271,12 +355,12 @@ def test_defaults_of_the_paper():
     assert all(isinstance(s, SDE) for s in (ve, vp, sub))
 
 
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("name", ALL)
 def test_bad_time_is_refused(name):
     sde = make(name)
     x = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match=r"t must lie in \[0, T\].*1\.5"):
-        sde.marginal_prob(x, torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+        sde.marginal_prob(x, torch.tensor([0.5, 1.5 * sde.T]))
     with pytest.raises(ValueError, match=r"t must lie in \[0, T\].*-0\.1"):
         sde.sde(x, torch.tensor([-0.1, 0.5]))
     with pytest.raises(ValueError, match=r"t must have shape \[B\] = \[2\]"):

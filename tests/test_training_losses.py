@@ -194,9 +194,9 @@ class _DiscreteVP:
     def check_time(self, x, t):
         pass
 
-    def marginal_prob(self, x, t):
+    def coefficients(self, t):
         i = t.long()
-        return expand_to(self.a[i], x).to(x.dtype) * x, self.s[i].to(x.dtype)
+        return self.a[i].to(t.dtype), self.s[i].to(t.dtype)
 
 
 def test_ddpm_loss_minimised_by_exact_noise_prediction():

@@ -15,9 +15,8 @@ import torch
 from likelihood.importance import ImportanceTime
 from networks import get_score_fn, network_fn
 from networks.runtime import RuntimeOptions
-from sde_lib.sdes import VESDE, VPSDE, expand_to, subVPSDE
-from training import objectives
-from training.objectives import objective_from_config
+from sde_lib import expand_to
+from training.objectives import objective_from_config, register_objective
 
 
 def _reduce(sq, reduce_mean):
@@ -66,11 +65,13 @@ def dsm_loss(score_fn, sde, batch, *, reduce_mean=False, likelihood_weighting=Fa
     return losses.mean() if batch_mean else losses
 
 
-def _discrete_draws(sde, kind, loss, batch, labels, z, generator):
+def _discrete_draws(sde, model, batch, labels, z, generator):
     """The noise labels i ~ U{0..N-1} and z ~ N(0, I) of a discrete loss (given ones kept), after
-    checking that `sde` is a `kind` (VESDE for SMLD, VPSDE for DDPM)."""
-    if not isinstance(sde, kind):
-        raise TypeError(f"the {loss} loss needs a {kind.__name__}, got {type(sde).__name__}")
+    checking that `sde` has the discrete `model` ('smld' for SMLD, 'ddpm' for DDPM)."""
+    if sde.discrete_model != model:
+        raise TypeError(f"the {model.upper()} loss needs an SDE whose discrete model is "
+                        f"{model!r} ({'VESDE' if model == 'smld' else 'VPSDE'}), got "
+                        f"{type(sde).__name__}")
     if labels is None:
         labels = torch.randint(0, sde.N, (batch.shape[0],), generator=generator,
                                device=batch.device)
@@ -79,7 +80,7 @@ def _discrete_draws(sde, kind, loss, batch, labels, z, generator):
 
 def smld_sigmas(vesde):
     """The SMLD (NCSN) noise levels in the models' label order: label 0 is the largest sigma."""
-    return torch.flip(vesde.discrete_sigmas, dims=(0,))
+    return vesde.discrete_kernel(torch.arange(vesde.N))[1]
 
 
 def smld_loss(model_fn, vesde, batch, *, reduce_mean=False, labels=None, z=None, generator=None,
@@ -89,7 +90,7 @@ def smld_loss(model_fn, vesde, batch, *, reduce_mean=False, labels=None, z=None,
         sigma^2 || model_fn(x + sigma z, i) + z / sigma ||^2,
 
     the network taking the integer noise label (largest noise first)."""
-    labels, z = _discrete_draws(vesde, VESDE, "SMLD", batch, labels, z, generator)
+    labels, z = _discrete_draws(vesde, "smld", batch, labels, z, generator)
     sigmas = smld_sigmas(vesde).to(batch.device, batch.dtype)[labels]
     sig = expand_to(sigmas, batch)
     score = model_fn(batch + sig * z, labels)
@@ -104,18 +105,19 @@ def ddpm_loss(model_fn, vpsde, batch, *, reduce_mean=True, labels=None, z=None, 
         || model_fn(sqrt(abar_i) x + sqrt(1 - abar_i) z, i) - z ||^2,
 
     the network predicting the noise z (so the score is -output / sqrt(1 - abar_i))."""
-    labels, z = _discrete_draws(vpsde, VPSDE, "DDPM", batch, labels, z, generator)
-    a = expand_to(vpsde.sqrt_alphas_cumprod.to(batch.device, batch.dtype)[labels], batch)
-    s = expand_to(vpsde.sqrt_1m_alphas_cumprod.to(batch.device, batch.dtype)[labels], batch)
+    labels, z = _discrete_draws(vpsde, "ddpm", batch, labels, z, generator)
+    a, s = (expand_to(v.to(batch.device, batch.dtype), batch)
+            for v in vpsde.discrete_kernel(labels))
     losses = _reduce((model_fn(a * batch + s * z, labels) - z) ** 2, reduce_mean)
     return losses.mean() if batch_mean else losses
 
 
+@register_objective("dsm")
 def dsm_objective(score_fn, x, t_or_labels, *, sde=None, sigmas=None, reduce_mean=False,
                   weighting="sigma2", z=None, generator=None, batch_mean=True):
     """DSM in `training.objectives`' calling convention (registered there as 'dsm'): float
-    times t -> `dsm_loss` (weighting 'sigma2' or 'likelihood'); integer labels of a VESDE ->
-    `smld_loss` with `score_fn(x, labels)`."""
+    times t -> `dsm_loss` (weighting 'sigma2' or 'likelihood'); integer labels of an SDE with
+    SMLD levels (VE) -> `smld_loss` with `score_fn(x, labels)`."""
     if sigmas is not None:
         raise ValueError("the 'dsm' objective takes its noise levels from the sde, not sigmas=")
     if weighting not in ("sigma2", "likelihood"):
@@ -131,11 +133,6 @@ def dsm_objective(score_fn, x, t_or_labels, *, sde=None, sigmas=None, reduce_mea
                      generator=generator, batch_mean=batch_mean)
 
 
-def _register_dsm():
-    if "dsm" not in objectives.objective_names():
-        objectives.register_objective("dsm", dsm_objective)
-
-
 class TrainingLoss:
     """The loss a config asks for, as `loss(model, batch, noise)`; `draw` makes the noise.
 
@@ -148,10 +145,10 @@ class TrainingLoss:
                  objective=None, network_options=None, importance_sampling=False):
         if kind not in ("dsm", "smld", "ddpm"):
             raise ValueError(f"unknown loss kind {kind!r}")
-        if kind == "smld" and not isinstance(sde, VESDE):
-            raise ValueError(f"discrete (SMLD) training needs the VE SDE, got {type(sde).__name__}")
-        if kind == "ddpm" and (not isinstance(sde, VPSDE) or isinstance(sde, subVPSDE)):
-            raise ValueError(f"discrete (DDPM) training needs the VP SDE, got {type(sde).__name__}")
+        if kind != "dsm" and sde.discrete_model != kind:
+            raise ValueError(f"discrete ({kind.upper()}) training needs the "
+                             f"{'VE' if kind == 'smld' else 'VP'} SDE (an SDE whose discrete model "
+                             f"is {kind!r}), got {type(sde).__name__}")
         if likelihood_weighting and kind != "dsm":
             raise ValueError("likelihood weighting needs continuous training "
                              "(config.training.continuous = True)")
@@ -221,21 +218,17 @@ class TrainingLoss:
 
 def get_loss_fn(config, sde):
     """The training loss of `config.training` (continuous, reduce_mean, likelihood_weighting,
-    importance_sampling, objective): DSM when continuous, else SMLD for VE and DDPM for VP (sub-VP has no discrete
-    loss); `training.objective` = 'ssm' / 'ssm_vr' / 'exact_sm' swaps DSM for another
+    importance_sampling, objective): DSM when continuous, else the SDE's discrete model's loss
+    (`discrete_model`: SMLD for VE, DDPM for VP; sub-VP, cosine VP and EDM have none);
+    `training.objective` = 'ssm' / 'ssm_vr' / 'exact_sm' swaps DSM for another
     score-matching objective of `training.objectives`. The network runs as `config.runtime`
     says (precision, channels_last)."""
     tr = config.training
     continuous = bool(tr.get("continuous", True))
-    if continuous:
-        kind = "dsm"
-    elif isinstance(sde, VESDE):
-        kind = "smld"
-    elif isinstance(sde, VPSDE) and not isinstance(sde, subVPSDE):
-        kind = "ddpm"
-    else:
-        raise ValueError(f"discrete training (config.training.continuous = False) is defined for "
-                         f"VE (SMLD) and VP (DDPM) only, not {type(sde).__name__}")
+    kind = "dsm" if continuous else sde.discrete_model
+    if kind is None:
+        raise ValueError(f"discrete training (config.training.continuous = False) needs an SDE "
+                         f"with a discrete model (VE: SMLD, VP: DDPM), not {type(sde).__name__}")
     objective = None
     if str(tr.get("objective", "dsm")).lower() != "dsm":
         objective = objective_from_config(config)
@@ -247,5 +240,3 @@ def get_loss_fn(config, sde):
                         eps=tr.get("eps", None), objective=objective, network_options=options,
                         importance_sampling=bool(tr.get("importance_sampling", False)))
 
-
-_register_dsm()

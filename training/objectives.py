@@ -26,8 +26,9 @@ the traces are taken from gradients of batch sums.
 Registry: ``get_objective(name)`` for 'ssm', 'ssm_vr', 'exact_sm'. Each is called as
 ``fn(score_fn, x, t_or_labels, *, sde=..., sigmas=..., z=None, generator=None,
 batch_mean=True, **options)`` with clean data x and the times or labels already drawn, and
-returns the batch-mean loss (or [B]). 'dsm' is training/losses.py's (`dsm_loss`, `smld_loss`);
-the training code registers an adapter under that name (``register_objective('dsm', fn)``).
+returns the batch-mean loss (or [B]). 'dsm' is training/losses.py's adapter of `dsm_loss` and
+`smld_loss`, registered there with the same decorator; importing the `training` package imports
+both modules, so every objective is registered whichever module is imported first.
 ``objective_from_config`` reads ``config.training.objective`` (default 'dsm').
 """
 
@@ -37,8 +38,8 @@ import math
 import torch
 
 from likelihood.divergence import random_projections
-from sde_lib.registry import Registry, UnknownNameError
-from sde_lib.sdes import VESDE, VPSDE, expand_to
+from sde_lib.registry import Registry
+from sde_lib import expand_to
 
 OBJECTIVES = Registry("objective")
 
@@ -54,9 +55,6 @@ def objective_names():
 
 def get_objective(name, **options):
     """The objective registered as `name`, with `options` bound as keyword defaults."""
-    if name == "dsm" and name not in OBJECTIVES:
-        raise UnknownNameError("objective 'dsm' is registered by training.losses; import it "
-                               f"first (known: {', '.join(objective_names())})")
     fn = OBJECTIVES.get(name)
     return functools.partial(fn, **options) if options else fn
 
@@ -142,9 +140,9 @@ def perturbation_kernel(x, t_or_labels, *, sde=None, sigmas=None):
     """Mean and std ([B]) of the perturbation kernel at each entry of `t_or_labels`.
 
     Float t [B]: `sde.marginal_prob(x, t)` (time-conditional models). Integer labels [B]:
-    std = sigmas[labels] with mean x (noise-conditional, SMLD); without `sigmas`, a VESDE gives
-    the original's SMLD levels flip(discrete_sigmas) (label 0 = sigma_max) and a VPSDE DDPM's
-    sqrt(alphas_cumprod[labels]) x and sqrt(1 - alphas_cumprod[labels])."""
+    std = sigmas[labels] with mean x (noise-conditional, SMLD); without `sigmas`, the kernel of
+    the SDE's discrete model (`sde.discrete_kernel`): VE's SMLD levels (label 0 = sigma_max),
+    VP's DDPM sqrt(alphas_cumprod[labels]) x and sqrt(1 - alphas_cumprod[labels])."""
     c = t_or_labels
     if not torch.is_tensor(c) or c.dim() != 1 or c.shape[0] != x.shape[0]:
         raise ValueError(f"t_or_labels must be a tensor of shape [B] = [{x.shape[0]}], got "
@@ -159,13 +157,11 @@ def perturbation_kernel(x, t_or_labels, *, sde=None, sigmas=None):
             raise ValueError(f"labels must lie in [0, {len(sigmas)}), got "
                              f"[{int(c.min())}, {int(c.max())}]")
         return x, sigmas[c].to(x.dtype)
-    if isinstance(sde, VESDE):
-        return x, sde.discrete_sigmas.flip(0).to(x.device)[c].to(x.dtype)
-    if type(sde) is VPSDE:
-        a = sde.sqrt_alphas_cumprod.to(x.device)[c].to(x.dtype)
-        return expand_to(a, x) * x, sde.sqrt_1m_alphas_cumprod.to(x.device)[c].to(x.dtype)
-    raise ValueError("integer labels need sigmas=... or a VESDE/VPSDE (sde=...); "
-                     f"got sde={type(sde).__name__ if sde is not None else None}")
+    if sde is None or sde.discrete_model is None:
+        raise ValueError("integer labels need sigmas=... or an SDE with a discrete model (VE, VP; "
+                         f"sde=...); got sde={type(sde).__name__ if sde is not None else None}")
+    a, s = sde.discrete_kernel(c.to(x.device))
+    return expand_to(a.to(x.dtype), x) * x, s.to(x.dtype)
 
 
 def _weights(std, t_or_labels, weighting, sde):
