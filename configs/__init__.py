@@ -19,7 +19,8 @@ Configs loaded through `get_config`/`load_config` are normalised the same way, w
 they come from (an original config file's torch.device becomes its string).
 """
 
-from configs._json import config_from_json, config_to_json
+from configs._checks import check_values, value_problems
+from configs._json import config_from_json, config_to_json, to_plain
 from configs._overrides import OPTIONAL_FIELDS, apply_overrides
 from configs._registry import config_names, get_config, load_config, save_config
 from configs._runtime import AUTO_DEVICE, RUNTIME_DEFAULTS, resolve_device, runtime_defaults
@@ -27,5 +28,6 @@ from configs._runtime import AUTO_DEVICE, RUNTIME_DEFAULTS, resolve_device, runt
 __all__ = [
     'get_config', 'load_config', 'save_config', 'config_names', 'apply_overrides',
     'config_to_json', 'config_from_json', 'resolve_device', 'runtime_defaults',
-    'OPTIONAL_FIELDS', 'AUTO_DEVICE', 'RUNTIME_DEFAULTS',
+    'OPTIONAL_FIELDS', 'AUTO_DEVICE', 'RUNTIME_DEFAULTS', 'check_values', 'value_problems',
+    'to_plain',
 ]

@@ -96,13 +96,14 @@ def summarize(records):
 
 def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed, key,
                    num_batches=None, repeats=1, device="cpu", progress=True, fresh=False,
-                   **kwargs):
+                   log=print, **kwargs):
     """Bits/dim of `dataset` (items (image [C, H, W] in [0, 1], label)) in batches, each recorded
     in `out` under `key` as it finishes; batches already in `out` with that key are skipped.
     `data_range` is where the data scaler sends [0, 1]. Other keywords go to
     `bits_per_dim_details` (levels, method, dequantize, and the ODE's estimator, n_probes, rtol,
-    atol or the bound's n_samples, importance_sampling; eps). A non-finite
-    bits/dim is an error, never a record. Returns the summary dict."""
+    atol or the bound's n_samples, importance_sampling; eps). A non-finite bits/dim is an error,
+    never a record. Reused records are announced through `log`; the progress bar counts images
+    (with an ETA). Returns the summary dict."""
     from tqdm import tqdm
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
@@ -119,8 +120,17 @@ def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed,
         if fresh and os.path.exists(out):
             write_jsonl(out, [])
         todo = [b for b in range(total) if b not in records]
-        bar = tqdm(total=total, initial=total - len(todo), disable=not progress, unit="batch",
-                   desc="bits/dim")
+
+        def size(b):
+            start = (b % per_pass) * batch_size
+            return min(start + batch_size, len(dataset)) - start
+
+        done = sum(size(b) for b in range(total) if b in records)
+        if done:
+            log(f"bits/dim: reusing {total - len(todo)} batch(es) ({done} images) recorded in "
+                f"{out} for the same checkpoint, config and settings")
+        bar = tqdm(total=done + sum(size(b) for b in todo), initial=done,
+                   disable=not progress, unit="image", desc="bits/dim", smoothing=0.3)
         for b in todo:
             start = (b % per_pass) * batch_size
             stop = min(start + batch_size, len(dataset))
@@ -140,7 +150,7 @@ def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed,
                           "nfe": res.nfe, "eps": res.eps, "seconds": time.time() - t0,
                           "key": key}
             write_jsonl(out, [records[i] for i in sorted(records)])
-            bar.update(1)
+            bar.update(stop - start)
             bar.set_postfix(bpd=f"{summarize(records)['bpd']:.4f}")
         bar.close()
     return summarize({b: r for b, r in records.items() if b < total})

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from sde_cli.app import Command
-from sde_cli.options import CLIError, flag, positive_float, positive_int
+from sde_cli.options import (CONFIG_HELP, DATA_DIR_HELP, CLIError, flag, positive_float,
+                             positive_int)
 from sde_cli.outputs import write_json
 from sde_lib.advisor import advise, advise_for_dimension, step_size_table
 
@@ -103,15 +104,15 @@ def report(advice, source, json_path, centered):
 
 def add_arguments(parser):
     src = parser.add_mutually_exclusive_group(required=True)
-    flag(src, "config", help="config name or file; its training set is used, scaled as "
-         "config.data.centered says (--config.a.b=value overrides fields)")
+    flag(src, "config", help="its training set is used, scaled as config.data.centered says; "
+         + CONFIG_HELP)
     flag(src, "dataset", choices=["digits", "mnist"], help="a dataset at native size, one of: "
          "digits (bundled with scikit-learn), mnist")
     flag(src, "data", help=".npz with an 'images' array, .npy, or MNIST idx(.gz) file")
     flag(src, "dim", type=positive_int, help="no data: Techniques 2 and 4 for this dimension "
          "(needs --sigma-max)")
     flag(parser, "sigma-max", type=positive_float, help="largest scale, with --dim")
-    flag(parser, "data-dir", help="folder of the dataset files (--config/--dataset)")
+    flag(parser, "data-dir", help=DATA_DIR_HELP)
     flag(parser, "split", default="train", choices=["train", "test"],
          help="split for --config/--dataset")
     flag(parser, "centered", action="store_true", help="scale [0, 1] data to [-1, 1] first "

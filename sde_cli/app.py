@@ -25,6 +25,7 @@ sde_lib.run train ...``.
 """
 
 import dataclasses
+import difflib
 import importlib
 import sys
 from typing import Callable
@@ -61,14 +62,21 @@ def _pick_command(argv):
         if a.startswith("--mode="):
             return a.split("=", 1)[1].lower(), argv[:i] + argv[i + 1:]
     if argv and not argv[0].startswith("-"):
-        raise CLIError(f"unknown command {argv[0]!r}; known: {', '.join(COMMANDS)}")
+        raise CLIError(f"unknown command {argv[0]!r}{_did_you_mean(argv[0])}; known: "
+                       f"{', '.join(COMMANDS)}")
     return DEFAULT_COMMAND, argv
+
+
+def _did_you_mean(name):
+    close = difflib.get_close_matches(name, list(COMMANDS), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def parse(name, argv, prog=None):
     """(command, args) for `name` and its argv; `prog` names the program in help texts."""
     if name not in COMMANDS:
-        raise CLIError(f"unknown command {name!r}; known: {', '.join(COMMANDS)}")
+        raise CLIError(f"unknown command {name!r}{_did_you_mean(name)}; known: "
+                       f"{', '.join(COMMANDS)}")
     command = COMMANDS.get(name)()
     argv, overrides = split_config_overrides(list(argv))
     if prog is None:
@@ -101,12 +109,42 @@ def run(name, argv, prog=None):
             lock.release()
 
 
+def one_line(text):
+    """Several lines of an error message as one: sentences joined by a space, other lines by
+    '; ', and a list of '- item' lines after 'Looked in:' as 'Looked in: a, b.'."""
+    parts, items = [], []
+
+    def flush():
+        if items and parts:
+            parts[-1] = f"{parts[-1]} {', '.join(items)}."
+        elif items:
+            parts.append(", ".join(items) + ".")
+        items.clear()
+
+    for raw in text.splitlines():
+        line = " ".join(raw.split())
+        if not line:
+            continue
+        if line.startswith(("- ", "* ")):
+            items.append(line[2:].rstrip(".;,"))
+            continue
+        flush()
+        parts.append(line)
+    flush()
+    out = ""
+    for part in parts:
+        if out:
+            out += " " if out.endswith((".", ":", ";", "!", "?")) else "; "
+        out += part
+    return out
+
+
 def _message(e):
     """One line: the error's text with its lines joined; the type too for unexpected kinds."""
     text = str(e).strip() or type(e).__name__
     if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
         text = e.args[0]
-    text = "; ".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
+    text = one_line(text)
     if isinstance(e, (CLIError, OSError, ValueError, KeyError)):
         return text
     return f"{type(e).__name__}: {text} (--debug shows the traceback)"

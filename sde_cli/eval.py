@@ -70,11 +70,13 @@ def run(args):
     eval_dir = os.path.join(default_workdir(args) if not args.checkpoint else os.path.dirname(
         os.path.dirname(os.path.abspath(args.checkpoint))), args.eval_folder)
     args.lock = workdir_lock(eval_dir, what="sde_lib.run eval")
+    threads = None
     for name, path in checkpoints.items():
         config = config_for_checkpoint(args, path)
         check_sampling(sampling_options(config, **sampler_overrides(args)))
         device = resolve_device(args, config)
-        choose_threads(args, config, device)
+        if threads is None:  # one rule and one line for the whole command
+            threads = choose_threads(args, config, device)
         sde = get_sde(config)
         model = load_model(path, config, device)
         report = {"checkpoint": path, "step": checkpoint_step(path)}

@@ -7,24 +7,26 @@ import time
 
 from sde_cli.app import Command
 from sde_cli.options import (add_run_flags, add_sampler_flags, check_sampling, config_name,
-                             environment, sampler_overrides)
+                             default_workdir, environment, sampler_overrides, undo_failed_start)
 from sde_cli.outputs import (add_metrics_flag, commit_set, draw, format_metrics, free_stem,
                              nearest_neighbour_distance, recover_sets, sample_files,
                              sample_metrics, sample_stem)
-from sde_cli.train import add_dist_flag, prepare
+from sde_cli.train import add_dist_flag, prepare, summary_lines
 
 
 def run(args):
     from training.sampling import sampling_options
     from training.train import ema_weights, train
     t0 = time.time()
-    config, workdir, device = prepare(args)
-    check_sampling(sampling_options(config, **sampler_overrides(args)))
-    print(f"config {config_name(args)} (sde {config.training.sde}, model {config.model.name}); "
-          f"workdir {workdir}; device {device}")
-    result = train(config, workdir, device=device, data_dir=args.data_dir, progress=args.progress)
+    with undo_failed_start(default_workdir(args)):
+        config, workdir, device = prepare(args)
+        check_sampling(sampling_options(config, **sampler_overrides(args)))
+        print(f"config {config_name(args)} (sde {config.training.sde}, model "
+              f"{config.model.name}); workdir {workdir}; device {device}")
+        result = train(config, workdir, device=device, data_dir=args.data_dir,
+                       progress=args.progress)
     if result["status"] != "done":
-        print(f"training {result['status']} at step {result['step']}; rerun to resume")
+        print("\n".join(summary_lines(result)))
         return 1
     trained_now = result["step"] - result["start_step"]
     if not trained_now:
@@ -61,10 +63,9 @@ def run(args):
           f"summary: {paths['json']}")
     if args.metrics:
         print(format_metrics(summary["sample"]))
-    print(f"trained {result['step']} steps ({trained_now} in this run, "
-          f"{result['train_seconds']:.1f}s; {total_train:.1f}s in all; final loss "
-          f"{result['final_loss']:.4g}); sampled {len(images)} images with {used['sampler']} "
-          f"({nfe} NFE) in {t2 - t1:.1f}s; total {summary['total_seconds']:.1f}s")
+    print("\n".join(summary_lines(result)) + f" ({total_train:.1f}s of training in all)")
+    print(f"sampled {len(images)} images with {used['sampler']} ({nfe} NFE) in {t2 - t1:.1f}s; "
+          f"total {summary['total_seconds']:.1f}s")
     return 0
 
 

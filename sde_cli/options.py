@@ -3,6 +3,8 @@ old ``--snake_case`` spellings stay accepted), the config and checkpoint lookup,
 the thread rule and the checks made before any long work."""
 
 import argparse
+import contextlib
+import difflib
 import os
 import re
 import socket
@@ -11,13 +13,22 @@ import torch
 
 import sde_lib
 import solvers
-from solvers.declared import option_table, takers
+from solvers.declared import SDE_N, option_table, takers
 
 # --sde takes every registered SDE name (sde_lib.sde_names()) and the short aliases ve/vp/subvp;
 # the short name picks the built-in digits config.
 SHORT_SDE = {"vesde": "ve", "vpsde": "vp", "subvpsde": "subvp"}
 SDE_NAMES = {**{n: n for n in sde_lib.sde_names()}, **{v: k for k, v in SHORT_SDE.items()}}
 BUILTIN = "builtin/digits_{sde}"
+CONFIG_HELP = ("config name (e.g. ve/cifar10_ncsnpp_continuous, builtin/digits_ve, "
+               "builtin/mnist_ve) or file: a .json file (as the toolkit writes them) is only "
+               "parsed; a .py file is Python and is EXECUTED, like the original's ml_collections "
+               "configs, so run only .py configs you trust. --config.a.b=value overrides one "
+               "field. Default: the built-in digits config of --sde, or the config stored in "
+               "the checkpoint")
+DATA_DIR_HELP = ("datasets folder: each dataset in its own sub-folder (<dir>/mnist, "
+                 "<dir>/cifar10, where downloads go), or its files in <dir> itself (default "
+                 "~/.cache/score-sde for downloads, ./data for the other datasets)")
 
 
 class CLIError(Exception):
@@ -39,10 +50,28 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the toolkit's error rule: a bad flag or value is a `CLIError` (one
+    ``error:`` line, status 1, like every other expected error) instead of the usage text and
+    status 2; a misspelt choice gets the nearest names."""
+
+    def error(self, message):
+        raise CLIError(f"{message} ({self.prog} --help lists the flags)")
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            names = [str(c) for c in action.choices]
+            close = difflib.get_close_matches(str(value), names, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise argparse.ArgumentError(action, f"unknown name {value!r}{hint} (known: "
+                                                 f"{', '.join(names)})")
+
+
 def new_parser(prog, description):
-    """An argparse parser in the house style: no abbreviations, defaults shown in help."""
-    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
-                                   formatter_class=_HelpFormatter)
+    """An argparse parser in the house style: no abbreviations, defaults shown in help, errors
+    as one line (`_Parser`)."""
+    return _Parser(prog=prog, description=description, allow_abbrev=False,
+                   formatter_class=_HelpFormatter)
 
 
 def flag(group, name, *, aliases=(), **kwargs):
@@ -67,15 +96,27 @@ def split_config_overrides(argv):
             key = a[len("--config."):]
             if "=" in key:
                 overrides.append(key)
-            elif i + 1 < len(argv):
+            elif i + 1 < len(argv) and not _is_flag(argv[i + 1]):
                 overrides.append(f"{key}={argv[i + 1]}")
                 i += 1
             else:
-                raise CLIError(f"{a} needs a value (--config.a.b=value)")
+                raise CLIError(f"{a} needs a value (--config.{key}=value)")
         else:
             rest.append(a)
         i += 1
     return rest, overrides
+
+
+def _is_flag(text):
+    """Whether a command-line item is a flag (``-x``, ``--name``) rather than a value; a
+    negative number is a value."""
+    if not text.startswith("-") or text == "-":
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return False
 
 
 def positive_int(text):
@@ -101,10 +142,7 @@ def positive_float(text):
 def add_run_flags(parser, *, config_required=False):
     """Config, SDE, workdir, seed, device, data, threads, progress: every command's flags."""
     g = parser.add_argument_group("config and run")
-    flag(g, "config", required=config_required,
-         help="config name (e.g. ve/cifar10_ncsnpp_continuous, builtin/digits_ve) or config "
-         "file; --config.a.b=value overrides one field. Default: the built-in digits config of "
-         "--sde, or the config stored in the checkpoint")
+    flag(g, "config", required=config_required, help=CONFIG_HELP)
     flag(g, "sde", choices=sorted({SHORT_SDE.get(n, n) for n in SDE_NAMES.values()}),
          type=lambda s: SHORT_SDE.get(SDE_NAMES.get(s, s), s),
          help="SDE (sets config.training.sde; without --config picks builtin/digits_<sde>)")
@@ -113,9 +151,10 @@ def add_run_flags(parser, *, config_required=False):
     flag(g, "seed", type=int, help="random seed (default config.seed)")
     flag(g, "device", help="cpu, cuda, cuda:1, ... (default config.device: 'auto' = cuda when "
          "available, else cpu)")
-    flag(g, "data-dir", help="folder holding the dataset files")
-    flag(g, "threads", type=positive_int, help="CPU threads for torch (default: 1 for the "
-         "built-in digits models, else one per free core; OMP_NUM_THREADS is honoured)")
+    flag(g, "data-dir", help=DATA_DIR_HELP)
+    flag(g, "threads", type=positive_int, help="CPU threads for torch (default: one per "
+         "physical core not busy by the load average, so 1 on a busy machine; "
+         "OMP_NUM_THREADS is honoured)")
     flag(g, "quick", action="store_true",
          help="a seconds-long smoke run (few steps, few samples, few sampler steps)")
     flag(g, "no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -178,8 +217,10 @@ def add_sampler_flags(parser, n_default=64, eps_alias=True):
         g.add_argument("--eps", action=_Ambiguous, help=argparse.SUPPRESS)
     flag(g, "no-denoise", dest="denoise", action="store_false", default=None,
          help="skip the final noise-free denoising step")
-    flag(g, "num-samples", aliases=("-n",), type=positive_int, default=n_default,
-         help="number of samples")
+    flag(g, "num-samples", aliases=("-n",), type=positive_int,
+         default=None if n_default is None else Default(n_default),
+         help=f"number of samples (default {n_default or 'config.eval.num_samples'}; "
+         f"at most {QUICK_SAMPLES} with --quick)")
     flag(g, "sample-batch", type=positive_int, help="samples drawn per batch "
          "(default: all at once)")
 
@@ -240,9 +281,13 @@ def load_run_config(args):
     return finish_config(config, args)
 
 
-def finish_config(config, args):
-    """Apply --sde, --sampler, --seed, the --config overrides and --quick to `config`."""
+def finish_config(config, args, fixed_by=None):
+    """Apply --sde, --sampler, --seed, the --config overrides and --quick to `config`, then
+    check its values (`configs.check_values`). `fixed_by` (a checkpoint or model the config
+    came from): the fields that fix what the weights mean may not change (`check_meaning`)."""
     import configs
+    base = config
+    config = config.copy_and_resolve_references()
     if getattr(args, "sde", None):
         config.training.sde = SDE_NAMES[args.sde]
     if getattr(args, "sampler", None):
@@ -252,15 +297,89 @@ def finish_config(config, args):
     if args.config_overrides:
         config = configs.load_config(config, args.config_overrides)
     if args.quick:
-        quick(config)
-    if int(config.training.get("n_iters", 1)) < 1:
-        raise CLIError(f"config.training.n_iters must be positive, got {config.training.n_iters}"
-                       f" (--config.training.n_iters=N)")
+        quick(config, args)
+    try:
+        configs.check_values(config)
+    except ValueError as e:
+        raise CLIError(f"{e} (--config.<field>=<value> sets it)") from None
+    if fixed_by is not None:
+        check_meaning(base, config, args, fixed_by)
     return config
 
 
-def quick(config):
-    """Shrink a config to a seconds-long smoke run (--quick)."""
+MEANING_FIELDS = ("training.sde", "training.continuous", "model.*", "data.centered",
+                  "data.image_size", "data.num_channels")
+
+
+def meaning_differences(fixed, config):
+    """[(field, value in `fixed`, value in `config`)] for the fields on which `config`
+    contradicts `fixed`, the config the weights were trained with (`MEANING_FIELDS`): the SDE
+    (`training.sde`, its parameters in `model.*`), continuous or discrete noise labels
+    (`training.continuous`, `model.num_scales`), the network (`model.*`) and the data's
+    centring and shape. A field missing on one side is `MISSING` there."""
+    from configs import to_plain
+    out = []
+    for pattern in MEANING_FIELDS:
+        section, field = pattern.split(".")
+        a = to_plain(fixed.get(section, None) or {})
+        b = to_plain(config.get(section, None) or {})
+        for key in (sorted(set(a) | set(b)) if field == "*" else [field]):
+            va, vb = a.get(key, MISSING), b.get(key, MISSING)
+            if isinstance(va, str) and isinstance(vb, str) and key == "sde":
+                va, vb = va.lower(), vb.lower()
+            if va != vb:
+                out.append((f"{section}.{key}", va, vb))
+    return out
+
+
+class _Missing:
+    def __repr__(self):
+        return "(not set)"
+
+
+MISSING = _Missing()
+
+
+def _asked_by(field, args):
+    """Which flag set `field` on the command line."""
+    for item in getattr(args, "config_overrides", None) or ():
+        key = item.split("=", 1)[0].lstrip("+")
+        if key == field:
+            return f"--config.{item}"
+    if field == "training.sde" and getattr(args, "sde", None):
+        return f"--sde {args.sde}"
+    if getattr(args, "config", None):
+        return f"--config {args.config}"
+    return "the command line"
+
+
+def check_meaning(fixed, config, args, source):
+    """Refuse a config that contradicts what the weights of `source` mean (an SDE, network or
+    data scaling other than the one they were trained with gives noise, silently): one line
+    naming each field, the trained value and the asked one."""
+    diffs = meaning_differences(fixed, config)
+    if diffs:
+        shown = "; ".join(f"{field} is {a!r} there but {_asked_by(field, args)} asks for {b!r}"
+                          for field, a, b in diffs[:6])
+        more = f" (and {len(diffs) - 6} more)" if len(diffs) > 6 else ""
+        raise CLIError(f"{source} was trained with another config, which fixes what its "
+                       f"weights mean: {shown}{more}; drop the flag, or --config to use the "
+                       f"checkpoint's own config")
+
+
+QUICK_STEPS, QUICK_SAMPLES = 25, 16
+
+
+class Default(int):
+    """A flag's default count, told apart from the same number given on the command line (so
+    --quick can shrink the default and keep a number the user asked for)."""
+
+
+def quick(config, args=None):
+    """Shrink a config (and the default sample count of `args`) to a seconds-long smoke run
+    (--quick): never more work than without it. The PC sampler, whose default is one step per
+    discretisation level (hundreds), takes QUICK_STEPS steps (VP/sub-VP DDPM betas
+    beta_max / steps stay below 1); the fast samplers keep their own smaller defaults."""
     tr = config.training
     tr.n_iters = min(int(tr.n_iters), 20)
     tr.batch_size = min(int(tr.batch_size), 16)
@@ -268,7 +387,14 @@ def quick(config):
     tr.snapshot_freq = tr.snapshot_freq_for_preemption = 10
     tr.snapshot_sampling = False
     config.optim.warmup = min(int(config.optim.warmup), 5)
-    config.sampling.steps = 25  # VP/sub-VP DDPM betas beta_max / steps stay below 1
+    method = str(config.sampling.get("method", "pc")).lower()
+    if method in solvers.SAMPLERS and solvers.get_sampler(method).default_steps == SDE_N:
+        steps = config.sampling.get("steps", None)
+        config.sampling.steps = min(int(steps), QUICK_STEPS) if steps else QUICK_STEPS
+    if "eval" in config and "num_samples" in config.eval:
+        config.eval.num_samples = min(int(config.eval.num_samples), QUICK_SAMPLES)
+    if args is not None and isinstance(getattr(args, "num_samples", None), Default):
+        args.num_samples = Default(min(args.num_samples, QUICK_SAMPLES))
     return config
 
 
@@ -283,8 +409,12 @@ def default_workdir(args):
 
 
 def find_checkpoint(args):
-    """--checkpoint, else the newest readable checkpoint of the workdir."""
+    """--checkpoint, else the newest readable checkpoint of the workdir; a --config name is
+    checked first (a misspelt name is named as such, not taken for a missing checkpoint)."""
     from training.checkpoints import latest_checkpoint
+    if getattr(args, "config", None):
+        import configs
+        configs.load_config(args.config)
     path = getattr(args, "checkpoint", None)
     if path is None:
         workdir = default_workdir(args)
@@ -298,18 +428,30 @@ def find_checkpoint(args):
     return path
 
 
-def config_for_checkpoint(args, path):
-    """--config/--sde when given, else the config stored in the (toolkit) checkpoint; then the
-    command-line settings (`finish_config`)."""
-    if args.config or args.sde:
-        return load_run_config(args)
+def checkpoint_config(path):
+    """The config stored in a toolkit checkpoint, or None (an original score_sde_pytorch one)."""
     from networks import read_checkpoint
     from networks.checkpoint import stored_config
-    stored = stored_config(read_checkpoint(path))
-    if stored is None:
+    return stored_config(read_checkpoint(path))
+
+
+def config_for_checkpoint(args, path):
+    """The config to use the checkpoint `path` with: --config when given, else the config
+    stored in the (toolkit) checkpoint; then the command-line settings (`finish_config`). The
+    stored config fixes what the weights mean: a setting that contradicts it is refused."""
+    import configs
+    stored = checkpoint_config(path)
+    if args.config:
+        base = configs.load_config(args.config)
+    elif stored is not None:
+        base = stored
+    else:
         raise CLIError(f"{path} holds no config (an original score_sde_pytorch checkpoint?); "
                        f"pass --config with the config it was trained with")
-    return finish_config(stored, args)
+    config = finish_config(base, args)
+    if stored is not None:
+        check_meaning(stored, config, args, f"checkpoint {path}")
+    return config
 
 
 def load_model(path, config, device):
@@ -376,25 +518,30 @@ def physical_cores():
 
 
 def choose_threads(args, config, device):
-    """Set torch's CPU thread count and say why: --threads; else OMP_NUM_THREADS; else 1 for
-    the built-in digits models (too small to gain from more, and a busy machine loses tenfold
-    to oversubscription); else one per physical core not already busy (load average)."""
+    """Set torch's CPU thread count and say why: --threads; else OMP_NUM_THREADS; else one per
+    physical core not already busy (`free_cores`), for every model. Torch's default (one per
+    logical CPU, whatever the load) oversubscribes a busy machine and loses up to tenfold;
+    on a busy machine this gives 1."""
     if args.threads:
         n, why = args.threads, "--threads"
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
         n, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
-    elif str(config.data.get("dataset", "")).upper() == "DIGITS":
-        n, why = 1, "small model; --threads N to change"
     else:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        cores = physical_cores()
-        n = max(1, min(cores, int(round(cores - load))))
+        n, cores, load = free_cores()
         why = f"{cores} physical cores, load {load:.1f}; --threads N to change"
     n = max(1, int(n))
     torch.set_num_threads(n)
     if device.type == "cpu":
         print(f"threads: {n} ({why})")
     return n
+
+
+def free_cores():
+    """(free, cores, load): the physical cores of this process's CPU set not busy by the
+    1-minute load average (at least 1), the cores, the load."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = physical_cores()
+    return max(1, min(cores, int(round(cores - load)))), cores, load
 
 
 def environment(device):
@@ -439,3 +586,43 @@ def workdir_lock(folder, what=None):
         raise CLIError(str(e)) from None
     remove_stale_temps(folder)
     return lock
+
+
+@contextlib.contextmanager
+def undo_failed_start(folder):
+    """Leave no skeleton behind a start that fails: on an exception inside the block, the empty
+    folders it created in `folder` are removed, and so are its lock file and `folder` itself
+    when the block created `folder` and left nothing else in it. Files are never removed, so
+    nothing a run wrote (checkpoints, logs: its history) is lost. Rank 0 only under torchrun."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    created = not os.path.exists(folder)
+    before = set() if created else set(os.listdir(folder))
+    try:
+        yield
+    except BaseException:
+        _remove_skeleton(folder, created, before)
+        raise
+
+
+def _remove_skeleton(folder, created, before):
+    from sde_lib.fileio import WorkdirLock
+    try:
+        new = set(os.listdir(folder)) - before
+    except OSError:
+        return
+    for name in sorted(new):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            for root, _, _ in sorted(os.walk(path), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(root)  # only succeeds on an empty folder
+    if created and os.listdir(folder) == [WorkdirLock.NAME]:
+        # Still locked by this process: removing the file first, then the folder, lets no
+        # other run in between (a run that opened it meanwhile was refused the lock).
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, WorkdirLock.NAME))
+    if created:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)

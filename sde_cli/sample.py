@@ -23,7 +23,7 @@ def load_score_model(args):
         from networks.diffusers import load_for_sampling
         source, device = args.diffusers, resolve_device(args)
         model, sde, config = load_for_sampling(source, device)
-        config = finish_config(config, args)
+        config = finish_config(config, args, fixed_by=f"the diffusers model {source}")
     else:
         source = find_checkpoint(args)
         config = config_for_checkpoint(args, source)

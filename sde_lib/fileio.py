@@ -134,14 +134,30 @@ def write_text(path, text, encoding="utf-8"):
     return os.fspath(path)
 
 
+def json_ready(obj):
+    """`obj` with every NaN or infinite float (at any depth of dicts, lists and tuples) as None:
+    JSON has no NaN, and `json.dumps` would otherwise write the invalid token `NaN`."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj, indent=2, **kwargs):
-    """Write `obj` as JSON (with a final newline) to `path` atomically. Returns the path."""
-    return write_text(path, json.dumps(obj, indent=indent, **kwargs) + "\n")
+    """Write `obj` as valid JSON (a NaN or inf is null, `json_ready`; a final newline) to `path`
+    atomically. Returns the path."""
+    text = json.dumps(json_ready(obj), indent=indent, allow_nan=False, **kwargs)
+    return write_text(path, text + "\n")
 
 
 def write_jsonl(path, records):
-    """Write records as JSON lines to `path` atomically (replacing it). Returns the path."""
-    return write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    """Write records as JSON lines (valid JSON, `json_ready`) to `path` atomically (replacing
+    it). Returns the path."""
+    return write_text(path, "".join(json.dumps(json_ready(r), allow_nan=False) + "\n"
+                                    for r in records))
 
 
 def save_torch(obj, path):
@@ -339,5 +355,5 @@ class WorkdirLock:
 
 
 __all__ = ["atomic_write", "temp_name", "fsync_directory", "HashingWriter", "write_bytes",
-           "write_text", "write_json", "write_jsonl", "save_torch", "file_digest", "pid_alive",
-           "stale_temps", "remove_stale_temps", "WorkdirLock", "WorkdirLockedError"]
+           "write_text", "json_ready", "write_json", "write_jsonl", "save_torch", "file_digest",
+           "pid_alive", "stale_temps", "remove_stale_temps", "WorkdirLock", "WorkdirLockedError"]

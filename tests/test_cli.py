@@ -90,7 +90,7 @@ def test_help_has_a_line_for_every_flag_and_one_flag_style(name, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--config", "no/such_config", "--quick"], "no/such_config"),
     (["--quick", "--config.model.nf=abc"], "model.nf"),
-    (["--quick", "--config.training.n_iters=-5"], "n_iters must be positive"),
+    (["--quick", "--config.training.n_iters=-5"], "n_iters must be a positive integer"),
     (["--quick", "--config.sampling.method=foo"], "unknown sampler 'foo'"),
     (["--quick", "--config.sampling.predictor=bar"], "unknown predictor 'bar'"),
     (["--quick", "--device", "cuda"] if not torch.cuda.is_available() else
@@ -105,18 +105,162 @@ def test_main_job_fails_before_training_with_one_error_line(argv, message, tmp_p
     assert not (workdir / "checkpoints").exists() and time.time() - t0 < 60
 
 
-def test_bad_flag_values_are_refused_by_the_parser(capsys):
-    for argv in (["sample", "--sampler", "foo"], ["sample", "--steps", "0"],
-                 ["sample", "--snr", "inf"], ["sample", "--snr", "-1"], ["sample", "-n", "0"],
-                 ["likelihood", "--num-images", "0"], ["likelihood", "--num_images", "-3"],
-                 ["likelihood", "--batch", "0"], ["inpaint", "--mask", "circle"],
-                 ["sample", "--sampler-option", "variant=bh3"],
-                 ["sample", "--sampler-option", "no_such_option=1"],
-                 ["sample", "--sampler-option", "order"]):
-        with pytest.raises(SystemExit) as e:
-            cli(argv)
-        assert e.value.code == 2
-        assert "error: argument" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--sampler", "foo"], "--sampler"), (["sample", "--steps", "0"], "--steps"),
+    (["sample", "--snr", "inf"], "--snr"), (["sample", "--snr", "-1"], "--snr"),
+    (["sample", "-n", "0"], "-n"), (["sample", "-n", "-3"], "-n"),
+    (["sample", "--sample-eps", "-1"], "--sample-eps"),
+    (["likelihood", "--num-images", "0"], "--num-images"),
+    (["likelihood", "--num_images", "-3"], "--num-images"),
+    (["likelihood", "--batch", "0"], "--batch"), (["inpaint", "--mask", "circle"], "--mask"),
+    (["sample", "--no-such-flag"], "--no-such-flag"), (["eval", "--eps", "0.01"], "ambiguous"),
+    (["sample", "--sampler-option", "variant=bh3"], "--sampler-option"),
+    (["sample", "--sampler-option", "no_such_option=1"], "--sampler-option"),
+    (["sample", "--sampler-option", "order"], "--sampler-option"),
+])
+def test_bad_flag_values_are_one_error_line_and_status_1(argv, message, capsys):
+    """The parser's errors follow the rule of every expected error: one line, status 1 (not
+    argparse's usage text and status 2)."""
+    assert cli(argv) == 1
+    captured = capsys.readouterr()
+    line = only_error_line(captured.err)
+    assert message in line and "usage:" not in captured.err + captured.out
+    assert len([s for s in captured.err.splitlines() if s.strip()]) == 1
+
+
+def test_a_misspelt_choice_gets_the_nearest_names(capsys):
+    assert cli(["sample", "--sampler", "dpm_solver"]) == 1
+    assert "did you mean 'dpm_solver++'" in only_error_line(capsys.readouterr().err)
+    assert cli(["inpaint", "--mask", "centre"]) == 1
+    assert "did you mean 'center'" in only_error_line(capsys.readouterr().err)
+    assert cli(["smaple"]) == 1
+    assert "did you mean 'sample'" in only_error_line(capsys.readouterr().err)
+
+
+def test_an_override_without_a_value_does_not_take_the_next_flag():
+    with pytest.raises(options.CLIError, match="--config.sampling.snr needs a value"):
+        options.split_config_overrides(["--config.sampling.snr", "--no-progress"])
+    with pytest.raises(options.CLIError, match="needs a value"):
+        options.split_config_overrides(["--config.sampling.snr", "-n", "3"])
+    assert options.split_config_overrides(["--config.optim.lr", "-1e-3", "--quick"]) == (
+        ["--quick"], ["optim.lr=-1e-3"])  # a negative number is a value
+
+
+def test_a_misspelt_config_name_is_named_before_any_checkpoint_lookup(tmp_path, capsys):
+    assert cli(["sample", "--config", "ve/cifar10_ncsnpp_continuos", "--workdir",
+                str(tmp_path / "none"), "--no-progress"]) == 1
+    line = only_error_line(capsys.readouterr().err)
+    assert "unknown config 've/cifar10_ncsnpp_continuos'" in line
+    assert "ve/cifar10_ncsnpp_continuous" in line and "no checkpoint" not in line
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.optim.lr=-1", "config.optim.lr must be a finite positive number, got -1.0"),
+    ("--config.model.sigma_max=inf", "config.model.sigma_max must be a finite positive"),
+    ("--config.training.batch_size=-4", "config.training.batch_size must be a positive integer"),
+    ("--config.model.sigma_min=9", "config.model.sigma_min (9.0) must be below"),
+])
+def test_config_values_are_checked_before_anything_is_created(override, message, tmp_path,
+                                                              capsys):
+    workdir = tmp_path / "w"
+    assert cli(["train", "--quick", "--workdir", str(workdir), override, *TINY]) == 1
+    assert message in only_error_line(capsys.readouterr().err)
+    assert not workdir.exists()
+
+
+def test_a_failed_start_leaves_no_skeleton_and_keeps_what_was_there(tmp_path, capsys):
+    """A start that fails once the workdir is locked (here: no dataset) removes the folders
+    and lock it created; in a folder that existed, what was there stays."""
+    new = tmp_path / "new"
+    npz = ["--config.data.dataset=NPZ", "--data-dir", str(tmp_path / "no_data")]
+    assert cli(["train", "--quick", "--workdir", str(new), *npz, *TINY]) == 1
+    line = only_error_line(capsys.readouterr().err)
+    assert "cannot find" in line and ".;" not in line and "Looked in: " in line
+    assert not new.exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "notes.txt").write_text("mine")
+    assert cli(["--quick", "--workdir", str(old), *npz, *TINY]) == 1
+    assert sorted(p.name for p in old.iterdir()) == [".lock", "notes.txt"]
+    assert (old / "notes.txt").read_text() == "mine"
+
+
+def test_multi_line_errors_become_one_readable_line():
+    text = ("NPZ: cannot find an .npz file (or <dir>/train.npz).\nLooked in:\n  - data/npz\n"
+            "  - data\nSave one with numpy.savez(...).\nno full stop here\nlast")
+    assert app.one_line(text) == ("NPZ: cannot find an .npz file (or <dir>/train.npz). Looked "
+                                  "in: data/npz, data. Save one with numpy.savez(...). no full "
+                                  "stop here; last")
+
+
+def test_config_help_says_a_python_config_is_executed_and_json_is_parsed(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["train", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "is Python and is EXECUTED" in text and ".json file" in text and "only parsed" in text
+
+
+def test_every_command_gives_data_dir_one_meaning():
+    helps = set()
+    for name in COMMANDS:
+        command = app.COMMANDS.get(name)()
+        parser = options.new_parser("prog", command.help)
+        command.add_arguments(parser)
+        helps |= {a.help for a in parser._actions if "--data-dir" in a.option_strings}
+    assert helps == {options.DATA_DIR_HELP}
+
+
+def test_a_json_config_is_parsed_and_trains_like_its_python_twin(tmp_path, capsys):
+    import configs
+    path = tmp_path / "mine.json"
+    config = configs.get_config("builtin/digits_vp")
+    config.model.nf = 8
+    configs.save_config(config, path)
+    evil = tmp_path / "evil.json"
+    evil.write_text('{"__import__": "os"}')  # parsed as data: fails on its fields, runs nothing
+    workdir = tmp_path / "w"
+    assert cli(["train", "--config", str(path), "--quick", "--workdir", str(workdir),
+                "--config.model.num_scales=50", "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["status"] == "done" and summary["step"] == 20
+    assert cli(["train", "--config", str(evil), "--workdir", str(tmp_path / "e")]) == 1
+    only_error_line(capsys.readouterr().err)
+
+
+def test_quick_never_does_more_than_the_default():
+    import configs
+    for sampler, steps in (("pc", 25), ("dpm_solver++", None), ("unipc", None)):
+        _, args = app.parse("main", ["--quick", "--sampler", sampler])
+        config = options.load_run_config(args)
+        assert config.sampling.get("steps", None) == steps
+        assert args.num_samples == 16
+    _, args = app.parse("main", ["--quick", "-n", "40"])
+    options.load_run_config(args)
+    assert args.num_samples == 40  # asked for: kept
+    _, args = app.parse("main", [])
+    config = options.load_run_config(args)
+    assert args.num_samples == 64 and config.sampling.get("steps", None) is None
+    assert configs.get_config("builtin/digits_ve").eval.num_samples > 16
+
+
+def test_the_training_summary_is_readable_and_its_json_is_valid(tmp_path, capsys):
+    workdir = tmp_path / "w"
+    base = ["train", "--quick", "--workdir", str(workdir), *TINY]
+    assert cli([*base, "--stop-after", "1", "--json"]) == 0  # no loss logged in one step
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON: {c}"))
+
+    summary = strict(capsys.readouterr().out.splitlines()[-1])
+    assert summary["status"] == "stopped" and summary["final_loss"] is None
+    assert cli(base) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("trained to step 20 (19 steps in this run") and "final loss" in last
+    from sde_cli.train import summary_lines
+    preempted = dict(summary, status="preempted", step=7, start_step=0)
+    assert summary_lines(preempted)[0].startswith("training preempted at step 7")
+    assert "rerun the same command to resume" in summary_lines(preempted)[0]
 
 
 def test_expected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
@@ -132,6 +276,20 @@ def test_expected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     proc = run_module("-m", "sde_lib.run", "sample", "--checkpoint", str(junk), "--config",
                       "builtin/digits_ve", "--debug")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_the_likelihood_progress_counts_images(tmp_path, capsys):
+    from evaluation.bits_per_dim import evaluate_split
+    from training.data import ImageArrayDataset
+    from sde_lib import VPSDE, oracle
+    sde = VPSDE()
+    p_t = oracle.gaussian(torch.zeros(4), event_shape=(1, 2, 2)).marginal(sde)
+    data = ImageArrayDataset(torch.randint(0, 256, (6, 1, 2, 2), dtype=torch.uint8))
+    evaluate_split(p_t.score, sde, data,
+                   data_range=(-1, 1), batch_size=4, out=str(tmp_path / "r.jsonl"), seed=0,
+                   key="k", progress=True, rtol=1e-3, atol=1e-3)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any("6/6" in line and "image" in line for line in bar), bar
 
 
 def test_pixel_levels_follow_one_rule():
@@ -175,10 +333,14 @@ def test_threads_rule(monkeypatch, capsys):
         assert torch.get_num_threads() == 1 and "threads: 1 (--threads)" in capsys.readouterr().out
         _, args = app.parse("sample", [])
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        assert options.choose_threads(args, config, torch.device("cpu")) == 1  # small model
-        config = configs.get_config("ve/cifar10_ncsnpp_continuous")
-        n = options.choose_threads(args, config, torch.device("cpu"))
-        assert 1 <= n <= options.physical_cores()
+        monkeypatch.setattr(options, "physical_cores", lambda: 2)
+        for load, want in ((0.1, 2), (0.8, 1), (1.4, 1), (7.0, 1)):  # free cores, at least 1
+            monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+            for name in ("builtin/digits_ve", "ve/cifar10_ncsnpp_continuous"):  # every model
+                config = configs.get_config(name)
+                assert options.choose_threads(args, config, torch.device("cpu")) == want
+                assert f"threads: {want} (2 physical cores, load {load:.1f}" in \
+                    capsys.readouterr().out
     finally:
         torch.set_num_threads(before)
 
@@ -223,7 +385,7 @@ def test_rerun_with_another_sampler_keeps_the_first_outputs(trained, capsys):
     assert before <= summary["train"]["seconds_total"] < before + 2
     used = summary["sample"]["options"]   # the ODE sampler's options, and no PC ones
     assert set(used) == {"sampler", "denoise", "eps", "rtol", "atol", "method", "ode_options"}
-    assert "0 in this run" in out
+    assert "0 steps in this run" in out
 
 
 def test_sample_command_from_workdir(trained, tmp_path):
@@ -264,13 +426,14 @@ def test_sample_command_with_a_fast_sampler(trained, tmp_path):
 
 
 def test_eval_reports_the_test_loss_and_keeps_the_two_eps_apart(trained, capsys):
-    with pytest.raises(SystemExit):
-        cli(["eval", "--workdir", str(trained), "--eps", "0.01"])
+    assert cli(["eval", "--workdir", str(trained), "--eps", "0.01"]) == 1
     assert "ambiguous" in capsys.readouterr().err
     code = cli(["eval", "--workdir", str(trained), "--num-images", "2", "--batch", "2",
                 "--rtol", "1e-2", "--atol", "1e-2", "--sample-eps", "0.05",
                 "--config.eval.enable_bpd=True", "--no-progress"])
     assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("threads:") == 1  # one rule, one line, for both checkpoints
     reports = sorted((trained / "eval").glob("report_ckpt_*.json"))
     report = json.loads(reports[-1].read_text())
     assert np.isfinite(report["eval_loss"]) and np.isfinite(report["bpd"])
@@ -290,8 +453,11 @@ def test_likelihood_is_recomputed_after_more_training(tmp_path, capsys):
     meta = workdir / "checkpoints-meta" / "checkpoint.pth"
     assert cli(["likelihood", "--checkpoint", str(meta), *bpd_args]) == 0
     first = capsys.readouterr().out
+    assert "reusing" not in first
     assert cli(["likelihood", "--checkpoint", str(meta), *bpd_args]) == 0  # reused: same work
-    assert capsys.readouterr().out.splitlines()[-1] == first.splitlines()[-1]
+    again = capsys.readouterr().out
+    assert again.splitlines()[-1] == first.splitlines()[-1]
+    assert "bits/dim: reusing 1 batch(es) (2 images) recorded in" in again
     assert cli(["train", *base, "--config.training.n_iters=20"]) == 0
     capsys.readouterr()
     assert cli(["likelihood", "--checkpoint", str(meta), *bpd_args]) == 0
@@ -359,6 +525,37 @@ def test_a_config_mismatch_says_how_to_fix_it_on_the_command_line(trained, capsy
                 "--config.model.nf=16", "--no-progress"]) == 1
     line = only_error_line(capsys.readouterr().err)
     assert "--config.model." in line and "check_config" not in line
+
+
+@pytest.mark.parametrize("argv, field, trained_value, asked", [
+    (["sample", "--config.training.sde=vpsde", "--sampler", "unipc"], "training.sde",
+     "'vesde'", "--config.training.sde=vpsde asks for 'vpsde'"),
+    (["sample", "--sde", "vp"], "training.sde", "'vesde'", "--sde vp asks for 'vpsde'"),
+    (["sample", "--config.model.sigma_max=10"], "model.sigma_max", "5.0", "10.0"),
+    (["sample", "--config.training.continuous=False"], "training.continuous", "True", "False"),
+    (["likelihood", "--config.data.centered=True"], "data.centered", "False", "True"),
+    (["eval", "--config.training.sde=subvpsde"], "training.sde", "'vesde'", "'subvpsde'"),
+    (["inpaint", "--config.model.num_scales=7"], "model.num_scales", "50", "7"),
+    (["conditional", "--classifier", "c.pt", "--labels", "1", "--train-steps", "1",
+      "--config.training.sde=vpsde"],
+     "training.sde", "'vesde'", "'vpsde'"),
+    (["train", "--quick", "--config.model.nf=8", "--config.model.num_scales=50",
+      "--config.training.sde=vpsde"], "training.sde", "'vesde'", "'vpsde'"),
+    (["main", "--quick", "--config.model.nf=8", "--config.model.num_scales=50", "--sde", "vp",
+      "--config", "builtin/digits_ve"], "training.sde", "'vesde'", "'vpsde'"),
+])
+def test_an_override_that_changes_what_the_weights_mean_is_refused(trained, argv, field,
+                                                                  trained_value, asked, capsys):
+    """The checkpoint's stored config fixes the SDE and its parameters, the network, the data
+    scaling and the noise labels: contradicting it (which gave noise, silently) is refused on
+    every command that loads a checkpoint, naming the field and both values."""
+    before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
+    assert cli([*argv, "--workdir", str(trained), "-n", "2", "--no-progress"]
+               if argv[0] not in ("train", "main", "eval", "likelihood") else
+               [*argv, "--workdir", str(trained), "--no-progress"]) == 1
+    line = only_error_line(capsys.readouterr().err)
+    assert f"{field} is {trained_value} there" in line and asked in line
+    assert sorted(p.relative_to(trained) for p in trained.rglob("*")) == before
 
 
 def test_sampler_options_follow_the_sampler():
