@@ -367,7 +367,8 @@ def check_meaning(fixed, config, args, source):
                        f"checkpoint's own config")
 
 
-QUICK_STEPS, QUICK_SAMPLES = 25, 16
+QUICK_STEPS = 25  # PC steps under --quick
+QUICK_SAMPLES = 16  # default sample count under --quick
 
 
 class Default(int):

@@ -601,6 +601,10 @@ def test_sample_and_likelihood_from_a_diffusers_pipeline_folder(tmp_path, capsys
     assert info["checkpoint"] == str(tmp_path / "pipe") and info["sde"] == "vpsde"
     with np.load(out / "samples_dpm_solverpp_3steps_seed42.npz") as z:
         assert z["samples"].shape == (3, 8, 8, 1)
+    assert cli(["sample", "--diffusers", str(tmp_path / "pipe"), "-n", "3", "--out", str(out),
+                "--config.training.sde=vesde", "--no-progress"]) == 1  # the model is VP
+    line = only_error_line(capsys.readouterr().err)
+    assert "training.sde is 'vpsde' there but --config.training.sde=vesde asks for 'vesde'" in line
     assert cli(["likelihood", "--diffusers", str(tmp_path / "pipe"), "--data-dir",
                 str(tmp_path / "nodata"), "--config.data.download=False", "--out", str(out),
                 "--no-progress"]) == 1
