@@ -166,7 +166,7 @@ def _train_cmd(workdir, n_iters, extra=()):
             "--config.model.num_scales=50", "--config.training.batch_size=8",
             f"--config.training.n_iters={n_iters}", "--config.training.log_freq=1",
             "--config.training.eval_freq=0", "--config.training.snapshot_freq=1000000",
-            "--config.training.snapshot_freq_for_preemption=1", *extra]
+            "--config.training.snapshot_freq_for_preemption=1", "--json", *extra]
 
 
 def test_sigkill_mid_training_resumes_from_a_whole_checkpoint(tmp_path):
