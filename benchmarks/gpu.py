@@ -56,7 +56,7 @@ import networks
 from networks import runtime
 from networks.runtime import RuntimeOptions
 from sde_lib import VESDE, VPSDE, get_sde, oracle
-from sde_lib.fileio import write_text
+from sde_base.fileio import write_text
 
 BASELINE = RuntimeOptions()
 ROOT = Path(__file__).resolve().parents[1]

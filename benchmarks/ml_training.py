@@ -35,7 +35,7 @@ import torch
 
 from likelihood import bits_per_dim_details
 from sde_lib import VESDE, VPSDE, oracle, subVPSDE
-from sde_lib.fileio import write_json
+from sde_base.fileio import write_json
 from training.losses import dsm_loss
 
 RUNS = {"default": {}, "lw": {"likelihood_weighting": True},

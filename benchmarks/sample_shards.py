@@ -121,7 +121,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if args.output:
-        from sde_lib.fileio import write_text
+        from sde_base.fileio import write_text
         write_text(args.output, text + "\n")
 
 

@@ -48,7 +48,7 @@ import torch
 
 import solvers
 from sde_lib import VESDE, VPSDE, oracle, subVPSDE
-from sde_lib.fileio import write_text
+from sde_base.fileio import write_text
 from solvers.common import coefficients
 from solvers.fitted_grid import fit_grid
 

@@ -123,6 +123,6 @@ def load_config(source, overrides=None):
 
 
 def save_config(config, path):
-    """Write `config_to_json(config)` to `path` atomically (`sde_lib.fileio.write_text`)."""
-    from sde_lib.fileio import write_text
+    """Write `config_to_json(config)` to `path` atomically (`sde_base.fileio.write_text`)."""
+    from sde_base.fileio import write_text
     return write_text(os.fspath(path), config_to_json(config) + '\n')

@@ -20,7 +20,7 @@ import time
 import torch
 
 from likelihood.bpd import bits_per_dim_details
-from sde_lib.fileio import WorkdirLock, file_digest, write_jsonl
+from sde_base.fileio import WorkdirLock, file_digest, write_jsonl
 from training.pipeline import get_images, mix_seed
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from evaluation.metrics import (as_nchw, check_float_range, classifier_score, fid_from_features,
                               kernel_distance, load_images)
-from sde_lib.fileio import save_torch
+from sde_base.fileio import save_torch
 
 CACHE_ENV = "SCORE_SDE_CACHE"
 NUM_TRAIN = 1497  # training.data's DIGITS split: the first 1497 images train, the last 300 test

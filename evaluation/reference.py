@@ -110,7 +110,7 @@ def reference_statistics(images, extractor, *, source="", info=None):
 
 def save_statistics(path, stats):
     """Write statistics atomically as an .npz (arrays and a JSON string only)."""
-    from sde_lib.fileio import atomic_write
+    from sde_base.fileio import atomic_write
     with atomic_write(path) as f:
         np.savez(f, mu=stats["mu"], sigma=stats["sigma"], features=stats["features"],
                  provenance=np.asarray(json.dumps(dict(stats["provenance"], format=FORMAT))))

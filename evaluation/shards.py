@@ -3,7 +3,7 @@
 One image per seed, a function of its seed alone (`solvers.seeding.RowGenerators`). Seed s
 belongs to shard k = s // shard_size, the file `seeds_<lo>-<hi>.npz` (lo = k shard_size,
 hi = lo + shard_size - 1) holding `samples` (uint8 [N, H, W, C]) and `seeds` ([N], int64, sorted),
-written whole or not at all (`sde_lib.fileio`). `manifest.json` holds the provenance every shard
+written whole or not at all (`sde_base.fileio`). `manifest.json` holds the provenance every shard
 of the folder shares (checkpoint SHA-256, config, sampler and every option, image shape, shard
 size, toolkit version) and a record of each run. A rerun computes only the seeds no shard holds
 yet; a rerun whose provenance differs is refused naming the differences (`fresh=True` moves the
@@ -211,7 +211,7 @@ def prepare_folder(folder, provenance, seeds, shard_size, *, fresh=False):
     (else a ShardError naming each difference, unless `fresh`, which moves the old set aside);
     dead writers' temporary files are removed; the manifest is (re)written. Returns
     (shards still to compute, all shards of the request, the folder the old set went to)."""
-    from sde_lib.fileio import remove_stale_temps, write_json
+    from sde_base.fileio import remove_stale_temps, write_json
     remove_stale_temps(folder)
     moved = move_aside(folder) if fresh else None
     manifest = read_manifest(folder)

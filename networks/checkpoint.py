@@ -15,7 +15,7 @@ and no optimizer state (networks/safetensors_io.py); it is read without any pick
 Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, never
 arbitrary objects. Loading is strict: a checkpoint that does not fit the config is an error
 listing the missing, unexpected and mis-shaped keys, never a partial load. Files are written
-atomically (`sde_lib.fileio.atomic_write`: a temporary file in the same folder, then
+atomically (`sde_base.fileio.atomic_write`: a temporary file in the same folder, then
 `os.replace`).
 """
 
@@ -380,9 +380,9 @@ def save_checkpoint(path, model, config, ema=None, optimizer=None, step=0, extra
     _check_plain(ckpt['optimizer'], 'optimizer state')
     _check_plain(ckpt['ema'], 'ema state')
     if format == 'safetensors':
-        from sde_lib.fileio import write_bytes
+        from sde_base.fileio import write_bytes
         write_bytes(path, safetensors_io.encode(ckpt))
         return path
-    from sde_lib.fileio import save_torch
+    from sde_base.fileio import save_torch
     save_torch(ckpt, path)  # temp file, fsync, os.replace, directory fsync
     return path

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from sde_lib import expand_to, sde_from_description as _rebuild
-from sde_lib.fileio import save_torch
+from sde_base.fileio import save_torch
 
 FORMAT = "noise_conditional_classifier/1"
 

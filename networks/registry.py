@@ -1,11 +1,11 @@
 """Name registry of score-network classes (`config.model.name` -> class), on the toolkit's one
-registry class `sde_lib.registry.Registry`, and `create_model` (config -> network)."""
+registry class `sde_base.registry.Registry`, and `create_model` (config -> network)."""
 
 import torch
 
 import configs
 from networks.sizes import check_model_config
-from sde_lib.registry import Registry
+from sde_base.registry import Registry
 
 MODELS = Registry("model")
 

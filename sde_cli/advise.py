@@ -7,9 +7,9 @@ import os
 import numpy as np
 import torch
 
-from sde_cli.app import Command
-from sde_cli.options import (CONFIG_HELP, DATA_DIR_HELP, CLIError, flag, positive_float,
-                             positive_int)
+from sde_cli.app import command
+from sde_cli.errors import CLIError
+from sde_cli.flags import CONFIG_HELP, DATA_DIR_HELP, flag, positive_float, positive_int
 from sde_cli.outputs import write_json
 from sde_lib.advisor import advise, advise_for_dimension, step_size_table
 
@@ -53,44 +53,6 @@ def builtin_points(name, split, data_dir):
     return images_of(load_dataset(cfg, split, data_dir=data_dir))
 
 
-def run(args):
-    if args.config_overrides and not args.config:
-        raise CLIError("--config.a.b=value overrides need --config")
-    centered = args.centered
-    if args.dim is not None:
-        if args.sigma_max is None:
-            raise CLIError("--dim needs --sigma-max (Technique 1 needs the data)")
-        advice = advise_for_dimension(args.dim, args.sigma_max, sigma_min=args.sigma_min,
-                                      n_steps_each=args.n_steps_each, overlap=args.overlap)
-        report(advice, f"dimension {args.dim}, sigma_max {args.sigma_max:g}", args.json, None)
-        return 0
-    if args.sigma_max is not None:
-        raise CLIError("--sigma-max goes with --dim only; with data Technique 1 computes it")
-    if args.config:
-        import configs
-        from training.data import load_dataset
-        config = configs.load_config(args.config, args.config_overrides or None)
-        x = images_of(load_dataset(config, args.split, data_dir=args.data_dir))
-        centered = bool(config.data.centered)
-        source = f"config {args.config} ({config.data.dataset}, {args.split})"
-    elif args.dataset:
-        x = builtin_points(args.dataset, args.split, args.data_dir)
-        source = f"{args.dataset} ({args.split})"
-    else:
-        x = load_points(args.data)
-        source = args.data
-    if centered:
-        x = 2.0 * x - 1.0
-    g = torch.Generator().manual_seed(args.seed)
-    advice = advise(x, sigma_min=args.sigma_min, n_steps_each=args.n_steps_each,
-                    sample_size=args.sample_size, n_subsets=args.n_subsets,
-                    overlap=args.overlap, generator=g)
-    print(f"source: {source}; data range [{float(x.min()):g}, {float(x.max()):g}]"
-          f"{' (centred to [-1, 1])' if centered else ''}")
-    report(advice, source, args.json, centered)
-    return 0
-
-
 def report(advice, source, json_path, centered):
     print(advice.summary())
     print("Technique 4 for other T: " + "; ".join(
@@ -129,6 +91,42 @@ def add_arguments(parser):
     flag(parser, "debug", action="store_true", help="show the traceback of an error")
 
 
-COMMAND = Command("NCSNv2 noise-schedule advisor: sigma_max (Technique 1), number of scales "
-                  "(Technique 2) and annealed Langevin step size (Technique 4) for a data set.",
-                  add_arguments, run)
+@command("advise", "NCSNv2 noise-schedule advisor: sigma_max (Technique 1), number of scales "
+         "(Technique 2) and annealed Langevin step size (Technique 4) for a data set.",
+         add_arguments)
+def run(args):
+    if args.config_overrides and not args.config:
+        raise CLIError("--config.a.b=value overrides need --config")
+    centered = args.centered
+    if args.dim is not None:
+        if args.sigma_max is None:
+            raise CLIError("--dim needs --sigma-max (Technique 1 needs the data)")
+        advice = advise_for_dimension(args.dim, args.sigma_max, sigma_min=args.sigma_min,
+                                      n_steps_each=args.n_steps_each, overlap=args.overlap)
+        report(advice, f"dimension {args.dim}, sigma_max {args.sigma_max:g}", args.json, None)
+        return 0
+    if args.sigma_max is not None:
+        raise CLIError("--sigma-max goes with --dim only; with data Technique 1 computes it")
+    if args.config:
+        import configs
+        from training.data import load_dataset
+        config = configs.load_config(args.config, args.config_overrides or None)
+        x = images_of(load_dataset(config, args.split, data_dir=args.data_dir))
+        centered = bool(config.data.centered)
+        source = f"config {args.config} ({config.data.dataset}, {args.split})"
+    elif args.dataset:
+        x = builtin_points(args.dataset, args.split, args.data_dir)
+        source = f"{args.dataset} ({args.split})"
+    else:
+        x = load_points(args.data)
+        source = args.data
+    if centered:
+        x = 2.0 * x - 1.0
+    g = torch.Generator().manual_seed(args.seed)
+    advice = advise(x, sigma_min=args.sigma_min, n_steps_each=args.n_steps_each,
+                    sample_size=args.sample_size, n_subsets=args.n_subsets,
+                    overlap=args.overlap, generator=g)
+    print(f"source: {source}; data range [{float(x.min()):g}, {float(x.max()):g}]"
+          f"{' (centred to [-1, 1])' if centered else ''}")
+    report(advice, source, args.json, centered)
+    return 0

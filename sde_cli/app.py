@@ -26,12 +26,12 @@ sde_lib.run train ...``.
 
 import dataclasses
 import difflib
-import importlib
 import sys
 from typing import Callable
 
-from sde_lib.registry import Registry
-from sde_cli.options import CLIError, new_parser, split_config_overrides
+from sde_base.registry import Registry
+from sde_cli.errors import CLIError
+from sde_cli.flags import new_parser, split_config_overrides
 
 DEFAULT_COMMAND = "main"
 
@@ -44,12 +44,23 @@ class Command:
     add_arguments: Callable
     run: Callable
 
+    def __call__(self, args):
+        return self.run(args)
 
-# name -> module holding its `COMMAND`; a module is imported only when its command runs.
+
+# name -> Command; every command module registers its own with `@command` when the package
+# `sde_cli` is imported (importing them all costs nothing noticeable: the parser needs torch
+# and the sampler registries anyway).
 COMMANDS = Registry("command")
-for _name in ("main", "train", "sample", "eval", "likelihood", "advise", "inpaint", "colorize",
-              "conditional", "metrics"):
-    COMMANDS.register(_name, lambda _n=_name: importlib.import_module(f"sde_cli.{_n}").COMMAND)
+
+
+def command(name, help, add_arguments):
+    """Decorator of a command's ``run(args) -> int``: registers it, with its help text and its
+    `add_arguments(parser)`, as the command `name`."""
+    def register(run):
+        COMMANDS.register(name, Command(help, add_arguments, run))
+        return run
+    return register
 
 
 def _pick_command(argv):
@@ -77,24 +88,24 @@ def parse(name, argv, prog=None):
     if name not in COMMANDS:
         raise CLIError(f"unknown command {name!r}{_did_you_mean(name)}; known: "
                        f"{', '.join(COMMANDS)}")
-    command = COMMANDS.get(name)()
+    chosen = COMMANDS.get(name)
     argv, overrides = split_config_overrides(list(argv))
     if prog is None:
         prog = "python -m sde_lib.run" + (f" {name}" if name != DEFAULT_COMMAND else "")
-    parser = new_parser(prog, command.help)
-    command.add_arguments(parser)
+    parser = new_parser(prog, chosen.help)
+    chosen.add_arguments(parser)
     args = parser.parse_args(argv)
     args.config_overrides = overrides
     args.command = name
-    return command, args
+    return chosen, args
 
 
 def run(name, argv, prog=None):
     """Parse and run one command; expected errors become one ``error:`` line and status 1."""
     debug, args = "--debug" in argv, None
     try:
-        command, args = parse(name, argv, prog)
-        return int(command.run(args) or 0)
+        chosen, args = parse(name, argv, prog)
+        return int(chosen.run(args) or 0)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

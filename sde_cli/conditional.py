@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from sde_cli.app import Command
+from sde_cli.app import command
 from sde_cli.inpaint import setup, write_grids
-from sde_cli.options import (CLIError, add_run_flags, add_sampler_flags, flag, positive_float,
-                             positive_int)
+from sde_cli.errors import CLIError
+from sde_cli.flags import add_run_flags, add_sampler_flags, flag, positive_float, positive_int
 from sde_cli.outputs import free_stem
 from sde_cli.sample import add_source_flags
 
@@ -53,6 +53,29 @@ def train_classifier(args, config, sde, device):
           f"{extra['final_loss']:.3f}, accuracy at t=0.05 {acc:.3f}): {args.classifier}")
 
 
+def add_arguments(parser):
+    add_run_flags(parser)
+    add_sampler_flags(parser, n_default=16)
+    add_source_flags(parser, diffusers=False)
+    flag(parser, "classifier", required=True, help="noise-conditional classifier file "
+         "(networks.classifier format)")
+    flag(parser, "labels", required=True,
+         help="class of every sample ('3'), or a comma list cycled ('0,1,2')")
+    flag(parser, "scale", type=positive_float, default=1.0, help="classifier guidance weight")
+    flag(parser, "train-steps", type=positive_int,
+         help="first train a classifier for this many steps and save it to --classifier")
+    flag(parser, "train-batch", type=positive_int, default=128, help="classifier batch size")
+    flag(parser, "train-lr", type=positive_float, default=2e-3, help="classifier learning rate")
+    flag(parser, "width", type=positive_int, default=64, help="classifier width")
+    flag(parser, "out", help="output folder (default <workdir>/controllable)")
+    flag(parser, "stem", help="output file stem (default conditional_<sampler>_seed<seed>, "
+         "numbered rather than overwriting)")
+
+
+@command("conditional", "Class-conditional sampling with a noise-conditional classifier (trained "
+         "first with --train-steps): <stem>_before.png (unguided), <stem>_after.png "
+         "(guided), <stem>.json.",
+         add_arguments)
 def run(args):
     import solvers
     from networks.classifier import classifier_logits, load_classifier, sde_description
@@ -106,27 +129,3 @@ def run(args):
           f"{info['classifier_agrees_guided']:.2f} guided; {paths['after']} (also "
           f"{paths['before']}, {paths['json']})")
     return 0
-
-
-def add_arguments(parser):
-    add_run_flags(parser)
-    add_sampler_flags(parser, n_default=16)
-    add_source_flags(parser, diffusers=False)
-    flag(parser, "classifier", required=True, help="noise-conditional classifier file "
-         "(networks.classifier format)")
-    flag(parser, "labels", required=True,
-         help="class of every sample ('3'), or a comma list cycled ('0,1,2')")
-    flag(parser, "scale", type=positive_float, default=1.0, help="classifier guidance weight")
-    flag(parser, "train-steps", type=positive_int,
-         help="first train a classifier for this many steps and save it to --classifier")
-    flag(parser, "train-batch", type=positive_int, default=128, help="classifier batch size")
-    flag(parser, "train-lr", type=positive_float, default=2e-3, help="classifier learning rate")
-    flag(parser, "width", type=positive_int, default=64, help="classifier width")
-    flag(parser, "out", help="output folder (default <workdir>/controllable)")
-    flag(parser, "stem", help="output file stem (default conditional_<sampler>_seed<seed>, "
-         "numbered rather than overwriting)")
-
-
-COMMAND = Command("Class-conditional sampling with a noise-conditional classifier (trained "
-                  "first with --train-steps): <stem>_before.png (unguided), <stem>_after.png "
-                  "(guided), <stem>.json.", add_arguments, run)

@@ -10,11 +10,13 @@ import os
 
 import torch
 
-from sde_cli.app import Command
+from sde_cli.app import command
 from sde_cli.likelihood import add_likelihood_flags, bits_per_dim
-from sde_cli.options import (CLIError, add_run_flags, add_sampler_flags, check_sampling,
-                             choose_threads, config_for_checkpoint, default_workdir, flag,
-                             load_model, resolve_device, sampler_overrides, workdir_lock)
+from sde_cli.configuration import config_for_checkpoint, default_workdir, load_model
+from sde_cli.errors import CLIError
+from sde_cli.flags import add_run_flags, add_sampler_flags, check_sampling, flag, sampler_overrides
+from sde_cli.folders import workdir_lock
+from sde_cli.machine import choose_threads, resolve_device
 from sde_cli.outputs import draw, sample_metrics, write_json
 
 
@@ -58,6 +60,20 @@ def dataset_loss(model, loss_fn, config, dataset, *, batch_size, seed, device, l
     return losses
 
 
+def add_arguments(parser):
+    add_run_flags(parser)
+    add_sampler_flags(parser, n_default=None, eps_alias=False)
+    add_likelihood_flags(parser)
+    flag(parser, "checkpoint", help="evaluate this file only (default: the workdir's "
+         "checkpoint_k.pth with config.eval.begin_ckpt <= k <= end_ckpt)")
+    flag(parser, "eval-folder", default="eval", help="reports folder inside the workdir")
+    parser.set_defaults(records=None)
+
+
+@command("eval", "Evaluate checkpoints: test loss (EMA weights), and bits/dim and samples when "
+         "config.eval.enable_bpd / enable_sampling say so; reports in "
+         "<workdir>/<eval-folder>.",
+         add_arguments)
 def run(args):
     import numpy as np
     from sde_lib import get_sde
@@ -103,18 +119,3 @@ def run(args):
         write_json(os.path.join(eval_dir, f"report_{name}.json"), report)
         print(json.dumps({name: report}, default=str))
     return 0
-
-
-def add_arguments(parser):
-    add_run_flags(parser)
-    add_sampler_flags(parser, n_default=None, eps_alias=False)
-    add_likelihood_flags(parser)
-    flag(parser, "checkpoint", help="evaluate this file only (default: the workdir's "
-         "checkpoint_k.pth with config.eval.begin_ckpt <= k <= end_ckpt)")
-    flag(parser, "eval-folder", default="eval", help="reports folder inside the workdir")
-    parser.set_defaults(records=None)
-
-
-COMMAND = Command("Evaluate checkpoints: test loss (EMA weights), and bits/dim and samples when "
-                  "config.eval.enable_bpd / enable_sampling say so; reports in "
-                  "<workdir>/<eval-folder>.", add_arguments, run)

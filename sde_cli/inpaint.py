@@ -9,9 +9,11 @@ import time
 
 import torch
 
-from sde_cli.app import Command
-from sde_cli.options import (CLIError, add_run_flags, add_sampler_flags, check_sampling, flag,
-                             positive_float, sampler_overrides, unique_stem, workdir_lock)
+from sde_cli.app import command
+from sde_cli.errors import CLIError
+from sde_cli.flags import (add_run_flags, add_sampler_flags, check_sampling, flag, positive_float,
+                           sampler_overrides)
+from sde_cli.folders import unique_stem, workdir_lock
 from sde_cli.outputs import check_name, commit_set, recover_sets
 from sde_cli.sample import absolute_source, add_source_flags, load_score_model, output_folder
 
@@ -156,5 +158,9 @@ def add_arguments(parser):
          help="fraction of pixels hidden by --mask random")
 
 
-COMMAND = Command("Inpaint the first -n images of a split: <stem>_original/_before/_after.png "
-                  "and <stem>.json.", add_arguments, lambda args: solve(args, "inpaint"))
+@command("inpaint", "Inpaint the first -n images of a split: <stem>_original/_before/_after.png "
+         "and <stem>.json.",
+         add_arguments)
+def run(args):
+    """Inpaint the first -n images of the split."""
+    return solve(args, "inpaint")

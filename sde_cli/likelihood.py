@@ -19,9 +19,10 @@ import time
 
 import torch
 
-from sde_cli.app import Command
-from sde_cli.options import (CLIError, add_run_flags, check_writable, flag, positive_float,
-                             positive_int)
+from sde_cli.app import command
+from sde_cli.errors import CLIError
+from sde_cli.flags import add_run_flags, flag, positive_float, positive_int
+from sde_cli.folders import check_writable
 from sde_cli.outputs import write_json
 from sde_cli.sample import add_source_flags, load_score_model, output_folder
 
@@ -82,21 +83,6 @@ def bits_per_dim(model, sde, config, args, device, split, out_dir, source):
                              dequantize=dequantize, eps=eps, **options)
     return dict(summary, split=split, eps=eps, levels=levels, key=key, records=records,
                 settings=settings)
-
-
-def run(args):
-    source, config, model, sde, device = load_score_model(args)
-    out_dir = _out_dir(args, source)
-    t0 = time.time()
-    res = bits_per_dim(model, sde, config, args, device, args.split, out_dir, source)
-    res.update(checkpoint=source, seconds=time.time() - t0,
-               sde=str(config.training.sde))
-    path = write_json(os.path.splitext(res["records"])[0] + ".json", res)
-    what = "upper bound" if res["settings"]["method"] == "bound" else "probability-flow ODE"
-    print(f"bits/dim ({what}, {res['settings']['dequantize']} dequantization) on "
-          f"{res['num_images']} {args.split} images: {res['bpd']:.4f} +- {res['bpd_stderr']:.4f} "
-          f"(standard error; eps {res['eps']:g}; {path})")
-    return 0
 
 
 def _out_dir(args, source):
@@ -167,14 +153,28 @@ def _fix(args):
     return args
 
 
-COMMAND = Command("Bits/dim of a data split under a checkpoint (probability-flow ODE or the "
-                  "variational bound), resumable: <out>/bpd_<split>_<key>.jsonl records and .json summary.",
-                  add_arguments, lambda args: run(_fix(args)))
-
-
 def main(argv=None):
     """``python -m likelihood.evaluate ...``: the same command under its documented name."""
     import sys
     from sde_cli.app import run as run_command
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_command("likelihood", argv, prog="python -m likelihood.evaluate")
+
+
+@command("likelihood", "Bits/dim of a data split under a checkpoint (probability-flow ODE or the "
+         "variational bound), resumable: <out>/bpd_<split>_<key>.jsonl records and .json summary.",
+         add_arguments)
+def run(args):
+    args = _fix(args)
+    source, config, model, sde, device = load_score_model(args)
+    out_dir = _out_dir(args, source)
+    t0 = time.time()
+    res = bits_per_dim(model, sde, config, args, device, args.split, out_dir, source)
+    res.update(checkpoint=source, seconds=time.time() - t0,
+               sde=str(config.training.sde))
+    path = write_json(os.path.splitext(res["records"])[0] + ".json", res)
+    what = "upper bound" if res["settings"]["method"] == "bound" else "probability-flow ODE"
+    print(f"bits/dim ({what}, {res['settings']['dequantize']} dequantization) on "
+          f"{res['num_images']} {args.split} images: {res['bpd']:.4f} +- {res['bpd_stderr']:.4f} "
+          f"(standard error; eps {res['eps']:g}; {path})")
+    return 0

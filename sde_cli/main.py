@@ -5,15 +5,55 @@ summary named by sampler, steps and seed in <workdir>/samples (where `sample` wr
 import os
 import time
 
-from sde_cli.app import Command
-from sde_cli.options import (add_run_flags, add_sampler_flags, check_sampling, config_name,
-                             default_workdir, environment, sampler_overrides, undo_failed_start)
+from sde_cli.app import command
+from sde_cli.configuration import config_name, default_workdir
+from sde_cli.flags import add_run_flags, add_sampler_flags, check_sampling, sampler_overrides
+from sde_cli.folders import undo_failed_start
+from sde_cli.machine import environment
 from sde_cli.outputs import (add_metrics_flag, commit_set, draw, format_metrics, free_stem,
                              nearest_neighbour_distance, recover_sets, sample_files,
                              sample_metrics, sample_stem)
 from sde_cli.train import add_dist_flag, prepare, summary_lines
 
 
+def training_seconds(workdir):
+    """Wall-clock training time of a workdir over all its runs (resumes included): the time
+    from each run's 'start' record of log.jsonl to that run's last record."""
+    from training.logs import read_log
+    path = os.path.join(workdir, "log.jsonl")
+    total, start, last = 0.0, None, None
+    for rec in read_log(path) if os.path.isfile(path) else []:
+        if rec.get("event") == "start":
+            total += (last - start) if start is not None else 0.0
+            start = last = rec.get("time")
+        elif start is not None and rec.get("time") is not None:
+            last = rec["time"]
+    return total + ((last - start) if start is not None else 0.0)
+
+
+def _quality(images, config, args):
+    """Nearest-neighbour distances of the samples to the training set, next to those of the
+    held-out test images (a sample far from every training image is not a digit)."""
+    if str(config.data.dataset).upper() != "DIGITS":
+        return {}
+    from training.data import load_dataset
+    train_x = load_dataset(config, "train", data_dir=args.data_dir).images
+    test_x = load_dataset(config, "test", data_dir=args.data_dir).images
+    return {"nn_distance_to_train": nearest_neighbour_distance(images, train_x),
+            "nn_distance_test_to_train": nearest_neighbour_distance(test_x, train_x)}
+
+
+def add_arguments(parser):
+    add_run_flags(parser)
+    add_sampler_flags(parser)
+    add_metrics_flag(parser)
+    add_dist_flag(parser)
+
+
+@command("main", "Train a small score model on the built-in offline default (or --config), "
+         "then sample it: <workdir>/samples/samples_<sampler>[_<steps>steps]"
+         "_seed<seed>.png grid, .npz and .json summary.",
+         add_arguments)
 def run(args):
     from training.sampling import sampling_options
     from training.train import ema_weights, train
@@ -67,42 +107,3 @@ def run(args):
     print(f"sampled {len(images)} images with {used['sampler']} ({nfe} NFE) in {t2 - t1:.1f}s; "
           f"total {summary['total_seconds']:.1f}s")
     return 0
-
-
-def training_seconds(workdir):
-    """Wall-clock training time of a workdir over all its runs (resumes included): the time
-    from each run's 'start' record of log.jsonl to that run's last record."""
-    from training.logs import read_log
-    path = os.path.join(workdir, "log.jsonl")
-    total, start, last = 0.0, None, None
-    for rec in read_log(path) if os.path.isfile(path) else []:
-        if rec.get("event") == "start":
-            total += (last - start) if start is not None else 0.0
-            start = last = rec.get("time")
-        elif start is not None and rec.get("time") is not None:
-            last = rec["time"]
-    return total + ((last - start) if start is not None else 0.0)
-
-
-def _quality(images, config, args):
-    """Nearest-neighbour distances of the samples to the training set, next to those of the
-    held-out test images (a sample far from every training image is not a digit)."""
-    if str(config.data.dataset).upper() != "DIGITS":
-        return {}
-    from training.data import load_dataset
-    train_x = load_dataset(config, "train", data_dir=args.data_dir).images
-    test_x = load_dataset(config, "test", data_dir=args.data_dir).images
-    return {"nn_distance_to_train": nearest_neighbour_distance(images, train_x),
-            "nn_distance_test_to_train": nearest_neighbour_distance(test_x, train_x)}
-
-
-def add_arguments(parser):
-    add_run_flags(parser)
-    add_sampler_flags(parser)
-    add_metrics_flag(parser)
-    add_dist_flag(parser)
-
-
-COMMAND = Command("Train a small score model on the built-in offline default (or --config), "
-                  "then sample it: <workdir>/samples/samples_<sampler>[_<steps>steps]"
-                  "_seed<seed>.png grid, .npz and .json summary.", add_arguments, run)

@@ -7,7 +7,9 @@ import json
 import os
 
 from sde_cli.app import Command
-from sde_cli.options import CLIError, flag, workdir_lock
+from sde_cli.errors import CLIError
+from sde_cli.flags import flag
+from sde_cli.folders import workdir_lock
 
 
 def reference_images(args):
@@ -68,7 +70,7 @@ def run(args):
                       f"{result['classifier_score']:.4f}, precision {result['precision']:.4f}, "
                       f"recall {result['recall']:.4f} (k = {result['k']})")
                 if args.out:
-                    from sde_lib.fileio import write_json
+                    from sde_base.fileio import write_json
                     write_json(args.out, result, default=str)
                     print(f"written: {os.path.abspath(args.out)}")
     finally:

@@ -6,7 +6,9 @@ import os
 
 import torch
 
-from sde_cli.options import CLIError, sampler_overrides, unique_stem
+from sde_cli.errors import CLIError
+from sde_cli.flags import sampler_overrides
+from sde_cli.folders import unique_stem
 from training.sampling import draw_samples
 
 SAMPLE_SUFFIXES = (".png", "_pixels.png", ".npz", ".json")
@@ -86,7 +88,7 @@ def sample_files(images, folder, stem):
 
 
 def write_json(path, obj):
-    from sde_lib.fileio import write_json as atomic_json
+    from sde_base.fileio import write_json as atomic_json
     atomic_json(path, obj, default=str)
     return path
 
@@ -105,7 +107,7 @@ def commit_set(folder, stem, files, info):
     write) removes that set's files. An I/O error removes what was written and is a CLIError
     naming the file and the folder. `files`: {kind: (path, write(path))}. Returns {kind: path}
     with 'json'."""
-    from sde_lib.fileio import write_json as atomic_json
+    from sde_base.fileio import write_json as atomic_json
     paths = {k: os.path.abspath(p) for k, (p, _) in files.items()}
     paths["json"] = os.path.abspath(os.path.join(folder, f"{stem}.json"))
     journal = _pending(folder, stem)
@@ -139,9 +141,9 @@ def recover_sets(folder):
     """Clean up after writers of `folder` that died (call it holding the folder's lock, so
     no live writer is inside): a set whose journal remains without its JSON commit marker is
     removed (its JSON present: the set is whole, only the journal goes), then the dead writers'
-    temporary files (`sde_lib.fileio.remove_stale_temps`). Returns the removed paths."""
+    temporary files (`sde_base.fileio.remove_stale_temps`). Returns the removed paths."""
     import json
-    from sde_lib.fileio import remove_stale_temps
+    from sde_base.fileio import remove_stale_temps
     removed = []
     for name in sorted(os.listdir(folder)):
         if not (name.startswith(".") and name.endswith(".set-pending.json")):

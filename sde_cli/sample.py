@@ -4,12 +4,12 @@ or a diffusers model) as a PNG grid, an .npz and a JSON record, named by sampler
 import os
 import time
 
-from sde_cli.app import Command
+from sde_cli.app import command
 from sde_cli.seeds import add_arguments as add_seed_arguments, run as run_seeds
-from sde_cli.options import (add_run_flags, add_sampler_flags, check_sampling, check_writable,
-                             choose_threads, config_for_checkpoint, environment, find_checkpoint,
-                             finish_config, flag, load_model, resolve_device, sampler_overrides,
-                             workdir_lock)
+from sde_cli.configuration import config_for_checkpoint, find_checkpoint, finish_config, load_model
+from sde_cli.flags import add_run_flags, add_sampler_flags, check_sampling, flag, sampler_overrides
+from sde_cli.folders import check_writable, workdir_lock
+from sde_cli.machine import choose_threads, environment, resolve_device
 from sde_cli.outputs import (add_metrics_flag, check_held_memory, check_name, commit_set, draw,
                              format_metrics, free_stem, recover_sets, sample_files, sample_metrics,
                              sample_stem)
@@ -43,6 +43,35 @@ def output_folder(args, source, name):
     return check_writable(os.path.join(root, name))
 
 
+def absolute_source(source):
+    """A checkpoint or model folder as an absolute path (a hub id as it is)."""
+    return os.path.abspath(source) if os.path.exists(source) else source
+
+
+def add_source_flags(parser, diffusers=True):
+    g = parser.add_argument_group("model")
+    flag(g, "checkpoint", help="checkpoint file (toolkit .pth/.safetensors or original "
+         "score_sde_pytorch .pth; default: the workdir's latest)")
+    if diffusers:
+        flag(g, "diffusers", metavar="DIR_OR_ID", help="a diffusers UNet2DModel instead of a "
+             "checkpoint: model or pipeline folder, or a hub id (pip install -e '.[diffusers]')")
+
+
+def add_arguments(parser):
+    add_run_flags(parser)
+    add_sampler_flags(parser)
+    add_source_flags(parser)
+    add_metrics_flag(parser)
+    flag(parser, "out", help="output folder (default <workdir>/samples)")
+    flag(parser, "stem", help="output file name stem, a plain name (default samples_<sampler>"
+         "[_<steps>steps]_seed<seed>, numbered rather than overwriting)")
+    add_seed_arguments(parser)
+
+
+@command("sample", "Sample a checkpoint: <out>/<stem>.png grid, .npz (uint8 [N, H, W, C]) and "
+         ".json, written as one set; or, with --seeds, one image per seed in resumable "
+         "shards (also under torchrun).",
+         add_arguments)
 def run(args):
     from training.sampling import sampling_options
     if args.seeds:
@@ -77,33 +106,3 @@ def run(args):
     if args.metrics:
         print(format_metrics(info))
     return 0
-
-
-def absolute_source(source):
-    """A checkpoint or model folder as an absolute path (a hub id as it is)."""
-    return os.path.abspath(source) if os.path.exists(source) else source
-
-
-def add_source_flags(parser, diffusers=True):
-    g = parser.add_argument_group("model")
-    flag(g, "checkpoint", help="checkpoint file (toolkit .pth/.safetensors or original "
-         "score_sde_pytorch .pth; default: the workdir's latest)")
-    if diffusers:
-        flag(g, "diffusers", metavar="DIR_OR_ID", help="a diffusers UNet2DModel instead of a "
-             "checkpoint: model or pipeline folder, or a hub id (pip install -e '.[diffusers]')")
-
-
-def add_arguments(parser):
-    add_run_flags(parser)
-    add_sampler_flags(parser)
-    add_source_flags(parser)
-    add_metrics_flag(parser)
-    flag(parser, "out", help="output folder (default <workdir>/samples)")
-    flag(parser, "stem", help="output file name stem, a plain name (default samples_<sampler>"
-         "[_<steps>steps]_seed<seed>, numbered rather than overwriting)")
-    add_seed_arguments(parser)
-
-
-COMMAND = Command("Sample a checkpoint: <out>/<stem>.png grid, .npz (uint8 [N, H, W, C]) and "
-                  ".json, written as one set; or, with --seeds, one image per seed in resumable "
-                  "shards (also under torchrun).", add_arguments, run)

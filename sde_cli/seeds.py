@@ -8,8 +8,10 @@ import time
 
 import numpy as np
 
-from sde_cli.options import (CLIError, check_sampling, check_writable, environment, flag,
-                             positive_int, sampler_overrides, workdir_lock)
+from sde_cli.errors import CLIError
+from sde_cli.flags import check_sampling, flag, positive_int, sampler_overrides
+from sde_cli.folders import check_writable, workdir_lock
+from sde_cli.machine import environment
 from sde_cli.outputs import check_held_memory
 
 DEFAULT_SHARD_SIZE = 1000

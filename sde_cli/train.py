@@ -4,11 +4,11 @@ import json
 import math
 import os
 
-from sde_cli.app import Command
-from sde_cli.options import (add_run_flags, check_meaning, check_sampling, checkpoint_config,
-                             choose_threads, default_workdir, flag, load_run_config,
-                             positive_float, positive_int, resolve_device, undo_failed_start,
-                             workdir_lock)
+from sde_cli.app import command
+from sde_cli.configuration import check_meaning, checkpoint_config, default_workdir, load_run_config
+from sde_cli.flags import add_run_flags, check_sampling, flag, positive_float, positive_int
+from sde_cli.folders import undo_failed_start, workdir_lock
+from sde_cli.machine import choose_threads, resolve_device
 
 
 def prepare(args):
@@ -70,24 +70,9 @@ def summary_lines(result):
 
 def machine_summary(result):
     """The run's summary as valid JSON text (a NaN loss is null)."""
-    from sde_lib.fileio import json_ready
+    from sde_base.fileio import json_ready
     plain = {k: v for k, v in result.items() if k not in ("model", "ema", "sde")}
     return json.dumps(json_ready(plain), default=str, allow_nan=False)
-
-
-def run(args):
-    from training.distributed import cleanup_distributed
-    from training.train import train
-    with undo_failed_start(default_workdir(args)):
-        config, workdir, device = prepare(args)
-        explicit = args.device or config.get("device", "auto") != "auto"
-        result = train(config, workdir, device=device if explicit else None,
-                       data_dir=args.data_dir, progress=args.progress, stop_after=args.stop_after,
-                       restart=args.restart)
-    cleanup_distributed()
-    if result["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
-        print(machine_summary(result) if args.json else "\n".join(summary_lines(result)))
-    return 0 if result["status"] in ("done", "stopped") else 1
 
 
 def add_arguments(parser):
@@ -107,6 +92,19 @@ def add_dist_flag(parser):
          "config.training.dist_timeout, else 300)")
 
 
-COMMAND = Command("Train a score model, resuming from <workdir>/checkpoints-meta when present. "
-                  "Several processes: torchrun --nproc_per_node=K -m sde_lib.run train ...",
-                  add_arguments, run)
+@command("train", "Train a score model, resuming from <workdir>/checkpoints-meta when present. "
+         "Several processes: torchrun --nproc_per_node=K -m sde_lib.run train ...",
+         add_arguments)
+def run(args):
+    from training.distributed import cleanup_distributed
+    from training.train import train
+    with undo_failed_start(default_workdir(args)):
+        config, workdir, device = prepare(args)
+        explicit = args.device or config.get("device", "auto") != "auto"
+        result = train(config, workdir, device=device if explicit else None,
+                       data_dir=args.data_dir, progress=args.progress, stop_after=args.stop_after,
+                       restart=args.restart)
+    cleanup_distributed()
+    if result["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
+        print(machine_summary(result) if args.json else "\n".join(summary_lines(result)))
+    return 0 if result["status"] in ("done", "stopped") else 1

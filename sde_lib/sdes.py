@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from sde_lib.registry import Registry
+from sde_base.registry import Registry
 
 
 def expand_to(v, x):

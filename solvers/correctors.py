@@ -20,7 +20,7 @@ from sde_lib import expand_to
 from solvers.common import coefficients
 from solvers.declared import Option, register_declared
 from solvers.noise import randn_like
-from sde_lib.registry import Registry
+from sde_base.registry import Registry
 
 CORRECTORS = Registry("corrector")
 

@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-from sde_lib.registry import Registry
+from sde_base.registry import Registry
 from solvers.grids import GRIDS, time_grid
 
 SAMPLERS = Registry("sampler")

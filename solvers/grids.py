@@ -22,7 +22,7 @@ of steps (`resolve_grid` checks it).
 import torch
 
 from solvers.common import coefficients
-from sde_lib.registry import Registry
+from sde_base.registry import Registry
 
 GRIDS = Registry("time grid")
 

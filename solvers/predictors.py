@@ -18,7 +18,7 @@ import torch
 
 from sde_lib import expand_to
 from solvers.noise import randn_like
-from sde_lib.registry import Registry
+from sde_base.registry import Registry
 
 PREDICTORS = Registry("predictor")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from sde_cli import app, options
+from sde_cli import app, configuration, errors, flags, machine
 from sde_cli.app import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,31 +40,43 @@ def only_error_line(text):
 # ----------------------------------------------------------------------------- parsing
 
 def test_config_overrides_and_command_selection():
-    rest, over = options.split_config_overrides(
+    rest, over = flags.split_config_overrides(
         ["--sde", "vp", "--config.training.n_iters=5", "--config.optim.lr", "0.1", "--quick"])
     assert rest == ["--sde", "vp", "--quick"]
     assert over == ["training.n_iters=5", "optim.lr=0.1"]
     assert app._pick_command(["sample", "--steps", "3"]) == ("sample", ["--steps", "3"])
     assert app._pick_command(["--workdir", "w", "--mode", "train"]) == ("train", ["--workdir", "w"])
     assert app._pick_command(["--sde", "ve"]) == ("main", ["--sde", "ve"])
-    with pytest.raises(options.CLIError, match="unknown command 'bogus'"):
+    with pytest.raises(errors.CLIError, match="unknown command 'bogus'"):
         app._pick_command(["bogus"])
 
 
 def test_load_run_config_order():
     _, args = app.parse("sample", ["--sde", "subvp", "--sampler", "ode", "--seed", "3",
                                    "--config.training.batch_size=7", "--config.sampling.snr=0.2"])
-    c = options.load_run_config(args)
+    c = configuration.load_run_config(args)
     assert c.training.sde == "subvpsde" and c.sampling.method == "ode" and c.seed == 3
     assert c.training.batch_size == 7 and c.sampling.snr == 0.2 and c.data.centered
+
+
+def test_every_command_registers_itself_with_the_decorator_at_import():
+    """One registration style: importing `sde_cli` registers each command module's own `run`
+    (decorated with `@command`), nothing lazy."""
+    import importlib
+    assert app.COMMANDS.names() == sorted(COMMANDS)
+    for name in COMMANDS:
+        module = importlib.import_module(f"sde_cli.{name}")
+        registered = app.COMMANDS.get(name)
+        assert isinstance(registered, app.Command) and registered.run is module.run
+        assert not hasattr(module, "COMMAND")
 
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_has_a_line_for_every_flag_and_one_flag_style(name, capsys):
     """Every flag has help text, every choice lists its names, every long flag has a
     --kebab-case spelling (the old --snake_case ones are accepted beside it)."""
-    command = app.COMMANDS.get(name)()
-    parser = options.new_parser("prog", command.help)
+    command = app.COMMANDS.get(name)
+    parser = flags.new_parser("prog", command.help)
     command.add_arguments(parser)
     for action in parser._actions:
         if not action.option_strings or action.help == "==SUPPRESS==":
@@ -138,11 +150,11 @@ def test_a_misspelt_choice_gets_the_nearest_names(capsys):
 
 
 def test_an_override_without_a_value_does_not_take_the_next_flag():
-    with pytest.raises(options.CLIError, match="--config.sampling.snr needs a value"):
-        options.split_config_overrides(["--config.sampling.snr", "--no-progress"])
-    with pytest.raises(options.CLIError, match="needs a value"):
-        options.split_config_overrides(["--config.sampling.snr", "-n", "3"])
-    assert options.split_config_overrides(["--config.optim.lr", "-1e-3", "--quick"]) == (
+    with pytest.raises(errors.CLIError, match="--config.sampling.snr needs a value"):
+        flags.split_config_overrides(["--config.sampling.snr", "--no-progress"])
+    with pytest.raises(errors.CLIError, match="needs a value"):
+        flags.split_config_overrides(["--config.sampling.snr", "-n", "3"])
+    assert flags.split_config_overrides(["--config.optim.lr", "-1e-3", "--quick"]) == (
         ["--quick"], ["optim.lr=-1e-3"])  # a negative number is a value
 
 
@@ -204,11 +216,11 @@ def test_config_help_says_a_python_config_is_executed_and_json_is_parsed(capsys)
 def test_every_command_gives_data_dir_one_meaning():
     helps = set()
     for name in COMMANDS:
-        command = app.COMMANDS.get(name)()
-        parser = options.new_parser("prog", command.help)
+        command = app.COMMANDS.get(name)
+        parser = flags.new_parser("prog", command.help)
         command.add_arguments(parser)
         helps |= {a.help for a in parser._actions if "--data-dir" in a.option_strings}
-    assert helps == {options.DATA_DIR_HELP}
+    assert helps == {flags.DATA_DIR_HELP}
 
 
 def test_a_json_config_is_parsed_and_trains_like_its_python_twin(tmp_path, capsys):
@@ -232,14 +244,14 @@ def test_quick_never_does_more_than_the_default():
     import configs
     for sampler, steps in (("pc", 25), ("dpm_solver++", None), ("unipc", None)):
         _, args = app.parse("main", ["--quick", "--sampler", sampler])
-        config = options.load_run_config(args)
+        config = configuration.load_run_config(args)
         assert config.sampling.get("steps", None) == steps
         assert args.num_samples == 16
     _, args = app.parse("main", ["--quick", "-n", "40"])
-    options.load_run_config(args)
+    configuration.load_run_config(args)
     assert args.num_samples == 40  # asked for: kept
     _, args = app.parse("main", [])
-    config = options.load_run_config(args)
+    config = configuration.load_run_config(args)
     assert args.num_samples == 64 and config.sampling.get("steps", None) is None
     assert configs.get_config("builtin/digits_ve").eval.num_samples > 16
 
@@ -307,7 +319,7 @@ def test_pixel_levels_follow_one_rule():
     assert pixel_levels(plain, Digits(), config) == 17
     assert pixel_levels(ConfigDict({"levels": 256, "bits": None}), Floats(), config) == 256
     assert pixel_levels(ConfigDict({"levels": None, "bits": 5}), Floats(), config) == 32
-    with pytest.raises(options.CLIError, match="pass --levels"):
+    with pytest.raises(errors.CLIError, match="pass --levels"):
         pixel_levels(plain, Floats(), config)
 
 
@@ -329,16 +341,16 @@ def test_threads_rule(monkeypatch, capsys):
     before = torch.get_num_threads()
     try:
         config = configs.get_config("builtin/digits_ve")
-        assert options.choose_threads(args, config, torch.device("cpu")) == 1
+        assert machine.choose_threads(args, config, torch.device("cpu")) == 1
         assert torch.get_num_threads() == 1 and "threads: 1 (--threads)" in capsys.readouterr().out
         _, args = app.parse("sample", [])
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        monkeypatch.setattr(options, "physical_cores", lambda: 2)
+        monkeypatch.setattr(machine, "physical_cores", lambda: 2)
         for load, want in ((0.1, 2), (0.8, 1), (1.4, 1), (7.0, 1)):  # free cores, at least 1
             monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
             for name in ("builtin/digits_ve", "ve/cifar10_ncsnpp_continuous"):  # every model
                 config = configs.get_config(name)
-                assert options.choose_threads(args, config, torch.device("cpu")) == want
+                assert machine.choose_threads(args, config, torch.device("cpu")) == want
                 assert f"threads: {want} (2 physical cores, load {load:.1f}" in \
                     capsys.readouterr().out
     finally:
@@ -491,7 +503,7 @@ def test_likelihood_is_recomputed_after_more_training(tmp_path, capsys):
 def test_second_writer_of_a_workdir_gets_the_lock_message(tmp_path, capsys):
     workdir = tmp_path / "locked"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from sde_lib.fileio import WorkdirLock; "
+        [sys.executable, "-c", "import sys, time; from sde_base.fileio import WorkdirLock; "
          f"WorkdirLock({str(workdir)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
     try:
@@ -674,7 +686,7 @@ def test_recorded_options_reproduce_the_images_bit_for_bit(trained, tmp_path):
     from networks import load_checkpoint, read_checkpoint
     from networks.checkpoint import stored_config
     from sde_lib import get_sde
-    from sde_lib.fileio import json_ready
+    from sde_base.fileio import json_ready
     from training.checkpoints import latest_checkpoint
     from training.images import to_uint8
     from training.sampling import draw_samples

@@ -1,4 +1,4 @@
-"""sde_lib.fileio: the atomic writer, stale temporary files, the workdir lock."""
+"""sde_base.fileio: the atomic writer, stale temporary files, the workdir lock."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sde_lib.fileio import (WorkdirLock, WorkdirLockedError, atomic_write, remove_stale_temps,
+from sde_base.fileio import (WorkdirLock, WorkdirLockedError, atomic_write, remove_stale_temps,
                             save_torch, stale_temps, temp_name, write_json, write_text)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_stale_temps_of_dead_writers_are_removed_live_ones_kept(tmp_path):
 
 def _hold_lock(workdir):
     """A separate process holding the lock until killed; returns it once it holds it."""
-    code = ("import sys, time; from sde_lib.fileio import WorkdirLock; "
+    code = ("import sys, time; from sde_base.fileio import WorkdirLock; "
             "WorkdirLock(sys.argv[1], what='test holder').acquire(); print('held', flush=True); "
             "time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(workdir)], cwd=REPO,

@@ -3,8 +3,8 @@
 Layers, bottom to top; a module imports only its own layer or lower, with no cycle between
 packages or between modules (imports inside functions count too):
 
-    0 configs, sde_lib   1 networks   2 solvers   3 likelihood   4 training   5 evaluation
-    6 sde_cli (the command line)
+    0 sde_base (file I/O, registries)   1 configs, sde_lib   2 networks   3 solvers
+    4 likelihood   5 training   6 evaluation   7 sde_cli (the command line)
 
 The two documented entry points `python -m sde_lib.run` and `python -m likelihood.evaluate` are
 thin shims over `sde_cli` and the only modules below it allowed to import it.
@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"configs": 0, "sde_lib": 0, "networks": 1, "solvers": 2, "likelihood": 3,
-          "training": 4, "evaluation": 5, "sde_cli": 6}
+LAYERS = {"sde_base": 0, "configs": 1, "sde_lib": 1, "networks": 2, "solvers": 3,
+          "likelihood": 4, "training": 5, "evaluation": 6, "sde_cli": 7}
 ENTRY_POINTS = {"sde_lib.run", "likelihood.evaluate"}  # may import sde_cli
-LIBRARY = ("sde_lib", "networks", "solvers", "likelihood")  # importable without the rest
+# importable without the rest:
+LIBRARY = ("sde_base", "sde_lib", "networks", "solvers", "likelihood")
 
 
 def module_files():
@@ -216,7 +217,7 @@ def test_no_private_name_is_imported_from_another_package():
 
 
 def test_the_library_imports_no_training_evaluation_or_command_module():
-    code = ("import sys; import sde_lib, networks, solvers, likelihood; "
+    code = ("import sys; import sde_base, sde_lib, networks, solvers, likelihood; "
             "print('\\n'.join(sorted(m for m in sys.modules "
             "if m.split('.')[0] in ('training', 'evaluation', 'sde_cli'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

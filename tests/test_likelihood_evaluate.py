@@ -13,7 +13,7 @@ from ml_collections import ConfigDict
 
 from evaluation.bits_per_dim import RecordsMismatch, evaluate_split, run_key, source_identity
 from sde_lib import VPSDE, oracle
-from sde_lib.fileio import WorkdirLock
+from sde_base.fileio import WorkdirLock
 from training.data import load_dataset
 
 SETTINGS = dict(data_range=(0.0, 1.0), batch_size=3, seed=42, levels=17, n_probes=2,

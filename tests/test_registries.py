@@ -1,4 +1,4 @@
-"""One registry implementation (`sde_lib.registry.Registry`) behind every name lookup: models,
+"""One registry implementation (`sde_base.registry.Registry`) behind every name lookup: models,
 training objectives, samplers, predictors, correctors, time grids."""
 
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 import networks
 import solvers
 from networks import registry as model_registry
-from sde_lib.registry import Registry, UnknownNameError
+from sde_base.registry import Registry, UnknownNameError
 from training import objectives
 
 ROOT = Path(__file__).resolve().parents[1]

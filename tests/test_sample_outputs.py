@@ -17,7 +17,7 @@ import torch
 
 from sde_cli import outputs
 from sde_cli.app import main as cli
-from sde_cli.options import CLIError
+from sde_cli.errors import CLIError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sde_lib.fileio import WorkdirLockedError
+from sde_base.fileio import WorkdirLockedError
 from training.checkpoints import (CheckpointWarning, checkpoint_identity, checkpoint_step,
                                   latest_checkpoint, meta_path, periodic_path,
                                   save_training_state, sidecar_path)

@@ -4,7 +4,7 @@ Layout (the original's): `<workdir>/checkpoints/checkpoint_<k>.pth` every `snaps
 and at the end (k = step / snapshot_freq rounded up; all kept), and
 `<workdir>/checkpoints-meta/checkpoint.pth`, the latest state for resuming after preemption,
 rewritten every `snapshot_freq_for_preemption` steps. Files are written by
-`networks.save_checkpoint` (`sde_lib.fileio.atomic_write`: temporary file, fsync, rename), so a
+`networks.save_checkpoint` (`sde_base.fileio.atomic_write`: temporary file, fsync, rename), so a
 reader never sees a half-written file; each has a sidecar `<file>.json` with its step and
 sha256 (`write_sidecar`), so finding the newest checkpoint opens none. Besides the model, EMA,
 optimizer and step, a training checkpoint holds the data order (`extra['data_order']`), the
@@ -21,7 +21,7 @@ import warnings
 from networks import CheckpointError, load_checkpoint, load_state, read_checkpoint, save_checkpoint
 from networks import safetensors_io
 from networks.safetensors_io import looks_like_safetensors
-from sde_lib.fileio import file_digest, write_json
+from sde_base.fileio import file_digest, write_json
 
 PERIODIC_DIR = "checkpoints"
 META_DIR = "checkpoints-meta"

@@ -206,7 +206,7 @@ def remove_stale_partials(root, folder):
     """Delete the temporary folders `.<folder>.partial-*` that downloads killed on this host
     left in `root` (their process is gone); those of running downloads and of other hosts are
     kept. Returns the removed paths."""
-    from sde_lib.fileio import pid_alive
+    from sde_base.fileio import pid_alive
     pattern = re.compile(rf'\.{re.escape(folder)}\.partial-(\d+)-[0-9a-f]{{8}}(?:-(.+))?')
     removed = []
     try:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sde_lib.fileio import atomic_write
+from sde_base.fileio import atomic_write
 
 
 def make_grid(images, nrow=None, padding=1, pad_value=1.0):

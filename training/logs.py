@@ -5,7 +5,7 @@ import math
 import os
 import time
 
-from sde_lib.fileio import write_text
+from sde_base.fileio import write_text
 
 
 def _plain(v):

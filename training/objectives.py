@@ -38,7 +38,7 @@ import math
 import torch
 
 from likelihood.divergence import random_projections
-from sde_lib.registry import Registry
+from sde_base.registry import Registry
 from sde_lib import expand_to
 
 OBJECTIVES = Registry("objective")

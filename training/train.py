@@ -17,7 +17,7 @@ Rank 0 writes `log.jsonl` (step, loss, lr, time...), a progress bar, the periodi
 checkpoints and snapshot sample grids. SIGTERM/SIGINT save the meta checkpoint and stop (a rank
 stuck waiting for a stalled peer exits instead, `training.distributed.StopSignals`).
 
-Nothing lost, nothing mixed: the workdir is locked for the run (`sde_lib.fileio.WorkdirLock`);
+Nothing lost, nothing mixed: the workdir is locked for the run (`sde_base.fileio.WorkdirLock`);
 temporary files of writers that died are removed at start; every file is written atomically;
 the run resumes from the newest readable checkpoint (`training.checkpoints.latest_checkpoint`:
 the meta one, or the newest periodic one if that cannot be read), and log records of steps
@@ -38,7 +38,7 @@ from networks import ExponentialMovingAverage, create_model, fused_adam_kwargs
 from networks.runtime import RuntimeOptions, fast_math, prepare_model
 from networks.sizes import check_model_config
 from sde_lib import get_sde
-from sde_lib.fileio import WorkdirLock, WorkdirLockedError, remove_stale_temps
+from sde_base.fileio import WorkdirLock, WorkdirLockedError, remove_stale_temps
 from training.checkpoints import (PERIODIC_DIR, ensure_sidecar, meta_path, move_history_aside,
                                   periodic_path, restore_training_state, resume_point,
                                   save_training_state)
@@ -135,7 +135,7 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
     `<workdir>/history-<time>` first (`training.checkpoints.move_history_aside`). Without it a
     workdir whose history has no readable checkpoint is refused (TrainingHistoryError naming
     the unreadable files) before anything is written.
-    lock: hold the workdir's lock (`sde_lib.fileio.WorkdirLock`) for the run, so a second run
+    lock: hold the workdir's lock (`sde_base.fileio.WorkdirLock`) for the run, so a second run
     on the same workdir fails at once naming this one's pid and host. Under DDP rank 0 holds
     it (the ranks of one run share the workdir) and every rank stops if rank 0 cannot get it.
     `config.training.dist_timeout` (seconds, default `training.distributed.DEFAULT_TIMEOUT`)

@@ -105,7 +105,7 @@ def to_diffusers(model, config, directory, pipeline=False):
     that `diffusers.UNet2DModel.from_pretrained` reads."""
     from safetensors.torch import save as st_save
 
-    from sde_lib.fileio import write_bytes, write_json
+    from sde_base.fileio import write_bytes, write_json
     unet_cfg = diffusers_config(config)
     sched_cfg = scheduler_config(config) if pipeline else None
     cfg = _full_unet_config(unet_cfg)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from importlib import metadata
 
-from sde_lib.fileio import write_text
+from sde_base.fileio import write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, 'original_configs.json')

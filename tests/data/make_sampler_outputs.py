@@ -20,7 +20,7 @@ import torch
 import solvers
 from likelihood import log_likelihood
 from sde_lib import VESDE, VPSDE, oracle, subVPSDE
-from sde_lib.fileio import write_text
+from sde_base.fileio import write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "sampler_outputs.json")

@@ -1,0 +1,88 @@
+"""The machine a command runs on: the device rule and the thread rule, said once."""
+
+import os
+import socket
+
+import torch
+
+from sde_cli.errors import CLIError
+
+
+def resolve_device(args, config=None):
+    """--device, else config.device, through `configs.resolve_device` ('auto' -> cuda when
+    available); a device that is not there is an error now, not after the work."""
+    import configs
+    name = args.device or (config.get("device", "auto") if config is not None else "auto")
+    try:
+        device = torch.device(configs.resolve_device(name))
+    except (RuntimeError, TypeError) as e:
+        raise CLIError(f"--device {name!r} is not a device: {e}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {name}: no CUDA device is available (torch "
+                           f"{torch.__version__}, CUDA build: {torch.version.cuda is not None}); "
+                           f"use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {name}: MPS is not available")
+    return device
+
+
+def physical_cores():
+    """Physical cores of this process's CPU set (Linux /proc/cpuinfo; else logical CPUs)."""
+    try:
+        usable = os.sched_getaffinity(0)
+    except AttributeError:
+        usable = set(range(os.cpu_count() or 1))
+    try:
+        cores, cpu, phys = set(), None, "0"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    cpu = int(value)
+                elif key == "physical id":
+                    phys = value
+                elif key == "core id" and cpu in usable:
+                    cores.add((phys, value))
+        if cores:
+            return len(cores)
+    except (OSError, ValueError):
+        pass
+    return len(usable)
+
+
+def choose_threads(args, config, device):
+    """Set torch's CPU thread count and say why: --threads; else OMP_NUM_THREADS; else one per
+    physical core not already busy (`free_cores`), for every model. Torch's default (one per
+    logical CPU, whatever the load) oversubscribes a busy machine and loses up to tenfold;
+    on a busy machine this gives 1."""
+    if args.threads:
+        n, why = args.threads, "--threads"
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        n, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    else:
+        n, cores, load = free_cores()
+        why = f"{cores} physical cores, load {load:.1f}; --threads N to change"
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    if device.type == "cpu":
+        print(f"threads: {n} ({why})")
+    return n
+
+
+def free_cores():
+    """(free, cores, load): the physical cores of this process's CPU set not busy by the
+    1-minute load average (at least 1), the cores, the load."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = physical_cores()
+    return max(1, min(cores, int(round(cores - load)))), cores, load
+
+
+def environment(device):
+    import platform
+    return {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "machine": platform.machine(),
+            "host": socket.gethostname(), "cpu_count": os.cpu_count()}
