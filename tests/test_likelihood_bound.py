@@ -141,7 +141,7 @@ class _LongVE(VESDE):
 
 
 def _registered_sdes():
-    return [cls() for cls in SDES.values()] + [_LongVE()]
+    return [SDES.get(name)() for name in SDES] + [_LongVE()]
 
 
 @pytest.mark.parametrize("sde", _registered_sdes(), ids=lambda s: type(s).__name__)
