@@ -1,8 +1,8 @@
 """The command line of the toolkit: ``python -m sde_lib.run [COMMAND] [options]``.
 
 One module per command (`main`, `train`, `sample`, `eval`, `likelihood`, `advise`, `inpaint`,
-`colorize`, `conditional`), each registering itself with `@sde_cli.app.command` when this
-package is imported; one dispatcher with one error rule (`sde_cli.app`); the shared pieces one
+`colorize`, `conditional`, `metrics`), each registering itself with `@sde_cli.app.command` when
+this package is imported; one dispatcher with one error rule (`sde_cli.app`); the shared pieces one
 module per job: the parser style and shared flags (`sde_cli.flags`), the config and checkpoint
 of a run (`sde_cli.configuration`), device and threads (`sde_cli.machine`), filesystem checks
 and the folder lock (`sde_cli.folders`), the expected-error type (`sde_cli.errors`), sample
@@ -11,4 +11,4 @@ except the two documented entry points, `sde_lib/run.py` and `likelihood/evaluat
 """
 
 from sde_cli import (advise, colorize, conditional, eval, inpaint, likelihood,  # noqa: F401
-                     main, sample, train)  # importing a command module registers its command
+                     main, metrics, sample, train)  # importing a module registers its command

@@ -6,7 +6,7 @@ Also under ``torchrun``: the images are divided over the ranks for feature extra
 import json
 import os
 
-from sde_cli.app import Command
+from sde_cli.app import command
 from sde_cli.errors import CLIError
 from sde_cli.flags import flag
 from sde_cli.folders import workdir_lock
@@ -24,6 +24,23 @@ def reference_images(args):
     return src, os.path.abspath(src)
 
 
+def add_arguments(parser):
+    from evaluation.reference import EXTRACTORS
+    flag(parser, "stats", required=True, help="reference statistics file (.npz): written by "
+         "--reference when absent, read by --samples")
+    flag(parser, "reference", help="images the statistics are of: train, test or all (the "
+         "built-in digits), or a folder of images / an .npz file")
+    flag(parser, "samples", help="samples to score: a folder of shards (sample --seeds), an "
+         ".npz file or a folder of images")
+    flag(parser, "extractor", default="digits", choices=sorted(EXTRACTORS),
+         help="feature extractor")
+    flag(parser, "out", help="also write the scores to this JSON file")
+    flag(parser, "debug", action="store_true", help="show the traceback of an error")
+
+
+@command("metrics", "FID, KID, classifier score, precision and recall of samples against "
+         "reference statistics computed once.",
+         add_arguments)
 def run(args):
     from evaluation.reference import (EXTRACTORS, as_uint8_nchw, data_checksum, load_statistics,
                                       reference_statistics, save_statistics, score_samples)
@@ -76,21 +93,3 @@ def run(args):
     finally:
         cleanup_distributed()
     return 0
-
-
-def add_arguments(parser):
-    from evaluation.reference import EXTRACTORS
-    flag(parser, "stats", required=True, help="reference statistics file (.npz): written by "
-         "--reference when absent, read by --samples")
-    flag(parser, "reference", help="images the statistics are of: train, test or all (the "
-         "built-in digits), or a folder of images / an .npz file")
-    flag(parser, "samples", help="samples to score: a folder of shards (sample --seeds), an "
-         ".npz file or a folder of images")
-    flag(parser, "extractor", default="digits", choices=sorted(EXTRACTORS),
-         help="feature extractor")
-    flag(parser, "out", help="also write the scores to this JSON file")
-    flag(parser, "debug", action="store_true", help="show the traceback of an error")
-
-
-COMMAND = Command("FID, KID, classifier score, precision and recall of samples against "
-                  "reference statistics computed once.", add_arguments, run)

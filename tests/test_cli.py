@@ -21,7 +21,7 @@ FIXTURE = REPO / "tests" / "data" / "score_sde_pytorch"
 TINY = ["--config.model.nf=8", "--config.model.num_scales=50", "--no-progress"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 COMMANDS = ["main", "train", "sample", "eval", "likelihood", "advise", "inpaint", "colorize",
-            "conditional"]
+            "conditional", "metrics"]
 
 
 def run_module(*argv, timeout=300):
