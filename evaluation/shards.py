@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sde_base.fileio import move_into_new_folder
+
 MANIFEST = "manifest.json"
 FORMAT = "score-sde-toolkit sample shards, version 1"
 SHARD_RE = re.compile(r"seeds_(\d+)-(\d+)\.npz")
@@ -193,18 +195,8 @@ def move_aside(folder):
     """Move the manifest and the shard files of `folder` into a new `previous-<UTC time>/`
     sub-folder (nothing is deleted). Returns that folder, or None when there was nothing."""
     names = [n for n in os.listdir(folder) if n == MANIFEST or SHARD_RE.fullmatch(n)]
-    if not names:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    target, k = os.path.join(folder, f"previous-{stamp}"), 1
-    while os.path.exists(target):
-        k += 1
-        target = os.path.join(folder, f"previous-{stamp}-{k}")
-    os.makedirs(target)
-    for n in sorted(names, key=lambda n: n == MANIFEST):  # the manifest last
-        os.replace(os.path.join(folder, n), os.path.join(target, n))
-    return target
-
+    return move_into_new_folder(folder, sorted(names, key=lambda n: n == MANIFEST),  # manifest last
+                                "previous", stamp_format="%Y%m%d-%H%M%S")
 
 def prepare_folder(folder, provenance, seeds, shard_size, *, fresh=False):
     """Rank 0's checks before any sampling: the manifest's provenance must equal `provenance`

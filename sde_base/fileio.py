@@ -169,6 +169,23 @@ def save_torch(obj, path):
     return w.hexdigest()
 
 
+def move_into_new_folder(folder, names, prefix, stamp_format="%Y%m%dT%H%M%SZ"):
+    """Move the entries `names` of `folder` (in that order) into a new sub-folder
+    `<prefix>-<UTC time>[-k]`, never deleting anything. Returns the new folder, or None when
+    `names` is empty."""
+    if not names:
+        return None
+    stamp = time.strftime(stamp_format, time.gmtime())
+    dest, k = os.path.join(folder, f"{prefix}-{stamp}"), 1
+    while os.path.lexists(dest):
+        k += 1
+        dest = os.path.join(folder, f"{prefix}-{stamp}-{k}")
+    os.makedirs(dest)
+    for name in names:
+        os.replace(os.path.join(folder, name), os.path.join(dest, name))
+    return dest
+
+
 def file_digest(path, algorithm="sha256", chunk=1 << 20):
     """The hex digest of a file's contents."""
     h = hashlib.new(algorithm)

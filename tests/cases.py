@@ -35,3 +35,25 @@ class Payload:
 
     def __reduce__(self):
         return (os.makedirs, (self.marker,))
+
+
+def likelihood_gaussian(D, shape, seed=0):
+    """A Gaussian in D = prod(shape) dimensions with a random covariance and a small mean (the
+    likelihood tests' data: a small mean keeps VE's prior mismatch negligible)."""
+    from sde_lib import oracle
+    g = torch.Generator().manual_seed(seed)
+    cov = oracle.random_covariance(D, generator=g)
+    mean = 0.05 * torch.randn(D, generator=g, dtype=torch.float64)
+    return oracle.gaussian(mean, cov, event_shape=shape)
+
+
+def likelihood_mixture(D, shape, seed=1):
+    """A three-component Gaussian mixture in D = prod(shape) dimensions with zero overall mean
+    (the likelihood tests' data)."""
+    from sde_lib import oracle
+    g = torch.Generator().manual_seed(seed)
+    covs = torch.stack([oracle.random_covariance(D, generator=g, min_eig=0.02, max_eig=0.3)
+                        for _ in range(3)])
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    means = 0.3 * torch.randn(3, D, generator=g, dtype=torch.float64)
+    return oracle.gaussian_mixture(means - weights @ means, covs, weights, event_shape=shape)

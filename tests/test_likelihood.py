@@ -9,6 +9,7 @@ import torch
 from likelihood import (batch_rms_norm, bits_per_dim, bits_per_dim_details, bpd_from_logp,
                         discretization_offset, exact_divergence, hutchinson_divergence,
                         log_likelihood, per_sample_norm, uniform_dequantization)
+from cases import likelihood_gaussian, likelihood_mixture
 from sde_lib import SDES as REGISTRY, VESDE, VPSDE, oracle, sde_names, subVPSDE
 
 SDES = {"ve": VESDE, "vp": VPSDE, "subvp": subVPSDE}
@@ -23,19 +24,11 @@ BITS = D * math.log(2)  # nats per bit/dim
 # most 7e-4 in 2000 draws), so the 0.002 bits/dim test measures the method, not the SDE's prior.
 
 def gaussian(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    cov = oracle.random_covariance(D, generator=g)
-    mean = 0.05 * torch.randn(D, generator=g, dtype=torch.float64)
-    return oracle.gaussian(mean, cov, event_shape=SHAPE)
+    return likelihood_gaussian(D, SHAPE, seed)
 
 
 def mixture(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    covs = torch.stack([oracle.random_covariance(D, generator=g, min_eig=0.02, max_eig=0.3)
-                        for _ in range(3)])
-    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
-    means = 0.3 * torch.randn(3, D, generator=g, dtype=torch.float64)
-    return oracle.gaussian_mixture(means - weights @ means, covs, weights, event_shape=SHAPE)
+    return likelihood_mixture(D, SHAPE, seed)
 
 
 def data_at_eps(dist, sde, n, seed):

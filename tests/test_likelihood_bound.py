@@ -12,6 +12,7 @@ from likelihood import (ImportanceTime, bits_per_dim_details, bound, truncated_n
 from likelihood.bound import stratified_stderr
 from likelihood.bpd import truncated_normal_entropy
 from likelihood.importance import g2_over_sigma2, log_snr
+from cases import likelihood_gaussian, likelihood_mixture
 from sde_lib import SDES, VESDE, VPSDE, oracle, subVPSDE
 
 SDE_CLASSES = {"ve": VESDE, "vp": VPSDE, "subvp": subVPSDE}
@@ -24,19 +25,11 @@ GAP_BPD = 0.01
 
 
 def gaussian(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    cov = oracle.random_covariance(D, generator=g)
-    mean = 0.05 * torch.randn(D, generator=g, dtype=torch.float64)
-    return oracle.gaussian(mean, cov, event_shape=SHAPE)
+    return likelihood_gaussian(D, SHAPE, seed)
 
 
 def mixture(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    covs = torch.stack([oracle.random_covariance(D, generator=g, min_eig=0.02, max_eig=0.3)
-                        for _ in range(3)])
-    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
-    means = 0.3 * torch.randn(3, D, generator=g, dtype=torch.float64)
-    return oracle.gaussian_mixture(means - weights @ means, covs, weights, event_shape=SHAPE)
+    return likelihood_mixture(D, SHAPE, seed)
 
 
 @pytest.mark.parametrize("data", ["gaussian", "mixture"])

@@ -21,7 +21,7 @@ import warnings
 from networks import CheckpointError, load_checkpoint, load_state, read_checkpoint, save_checkpoint
 from networks import safetensors_io
 from networks.safetensors_io import looks_like_safetensors
-from sde_base.fileio import file_digest, write_json
+from sde_base.fileio import file_digest, move_into_new_folder, write_json
 
 PERIODIC_DIR = "checkpoints"
 META_DIR = "checkpoints-meta"
@@ -199,19 +199,8 @@ def move_history_aside(workdir):
     """Move the history of `workdir` (HISTORY entries that exist) into a new folder
     `<workdir>/history-<UTC time>[-k]`, never deleting anything; returns that folder, or None
     when there is no history."""
-    import time
     present = [name for name in HISTORY if os.path.lexists(os.path.join(workdir, name))]
-    if not present:
-        return None
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest, k = os.path.join(workdir, f"history-{stamp}"), 1
-    while os.path.lexists(dest):
-        k += 1
-        dest = os.path.join(workdir, f"history-{stamp}-{k}")
-    os.makedirs(dest)
-    for name in present:
-        os.replace(os.path.join(workdir, name), os.path.join(dest, name))
-    return dest
+    return move_into_new_folder(workdir, present, "history")
 
 
 def ensure_sidecar(path, step):
