@@ -26,16 +26,16 @@ import scipy.linalg
 import torch
 
 from configs import resolve_device
-from networks.checkpoint import torch_load_detail
+from evaluation.inception import WEIGHTS_ENV, WEIGHTS_FILE, WEIGHTS_URL, load_weights, weights_help
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 NPZ_KEYS = ("samples", "images", "arr_0")  # looked up in this order in an .npz file
 
 # torch-fidelity's Inception-v3: the TensorFlow FID network ported to PyTorch (1008-class head).
-INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-                         + INCEPTION_WEIGHTS_FILE)
-INCEPTION_WEIGHTS_ENV = "SCORE_SDE_INCEPTION_WEIGHTS"
+# The file, where to get it, and the environment variable naming it: `evaluation.inception`.
+INCEPTION_WEIGHTS_FILE = WEIGHTS_FILE
+INCEPTION_WEIGHTS_URL = WEIGHTS_URL
+INCEPTION_WEIGHTS_ENV = WEIGHTS_ENV
 INSTALL_HINT = ('pip install "score-sde-toolkit[metrics]"   (or: pip install torch-fidelity torchvision, '
                 "with a torchvision built for your torch version)")
 
@@ -357,41 +357,13 @@ def _import_torch_fidelity():
     return torch_fidelity
 
 
-def _hub_weights_path():
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
-
-
-def _weights_help():
-    return (f"Download {INCEPTION_WEIGHTS_URL} (file {INCEPTION_WEIGHTS_FILE}, the TensorFlow FID "
-            f"Inception-v3 ported to PyTorch) on a machine with network access and either pass its "
-            f"path (fidelity_metrics(..., inception_weights=PATH), or set ${INCEPTION_WEIGHTS_ENV}=PATH), "
-            f"or copy it to {_hub_weights_path()}, where torch-fidelity looks before downloading.")
-
-
 def check_inception_weights(path):
-    """Check that `path` holds the FID Inception-v3 state dict and nothing else.
-
-    Loaded with `weights_only=True`, so a file holding arbitrary pickled objects is refused before
-    torch-fidelity (which unpickles it in full) sees it. The 1008-class `fc` head tells the
-    TensorFlow FID network apart from torchvision's ImageNet Inception-v3, which gives other values.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Inception weights file {path} does not exist. " + _weights_help())
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- any failure means: not a plain tensor state dict
-        raise ValueError(f"{path}: cannot be loaded as a plain state dict of tensors "
-                         f"(weights_only=True): {torch_load_detail(e)}") from None
-    if not isinstance(state, dict) or "fc.weight" not in state:
-        keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path}: not the FID Inception-v3 state dict (no 'fc.weight'; starts with "
-                         f"{keys}). " + _weights_help())
-    if state["fc.weight"].shape[0] != 1008:
-        raise ValueError(f"{path}: fc.weight has {state['fc.weight'].shape[0]} classes; the FID "
-                         f"Inception-v3 has 1008 (torchvision's ImageNet model has 1000 and gives "
-                         f"different FIDs). " + _weights_help())
-    return path
+    """Check that `path` holds the FID Inception-v3 state dict and nothing else
+    (`evaluation.inception.load_weights`: every key and shape, `weights_only=True`), so a file
+    of arbitrary pickled objects is refused before torch-fidelity (which unpickles it in full)
+    sees it, and torchvision's 1000-class ImageNet Inception-v3 is named as such."""
+    load_weights(path)
+    return Path(path)
 
 
 def _is_network_error(e):
@@ -460,7 +432,7 @@ def fidelity_metrics(samples, reference=None, *, fid=True, isc=True, kid=True, i
     except Exception as e:
         if weights is None and _is_network_error(e):
             raise RuntimeError(f"torch-fidelity could not download the Inception-v3 weights ({e}); "
-                               f"offline, give a local copy. " + _weights_help()) from e
+                               f"offline, give a local copy. " + weights_help()) from e
         raise
 
     out = {FIDELITY_KEYS.get(k, k): float(v) if isinstance(v, (int, float)) else v for k, v in raw.items()}

@@ -44,6 +44,13 @@ class DigitsExtractor:
         self.model = load_digits_classifier() if classifier is None else classifier
         self.weights = fingerprint(self.model)
 
+    @classmethod
+    def from_options(cls, weights=None, device=None):
+        if weights is not None:
+            raise ValueError("the digits extractor trains (and caches) its own classifier; it "
+                             "takes no weights file")
+        return cls()
+
     def identity(self):
         return {"extractor": self.name, "weights_fingerprint": self.weights,
                 "resizing": self.resizing}
@@ -52,6 +59,63 @@ class DigitsExtractor:
         """uint8 images [N, 3 or 1, H, W] -> (features float64 [N, 64], probs float64 [N, 10])."""
         from evaluation.digits_features import _outputs
         return _outputs(images, self.model, "images")
+
+
+@register_extractor
+class InceptionExtractor:
+    """The FID Inception-v3 (`evaluation.inception`: torch-fidelity's weights file, no
+    torchvision): the 2048 pool features, and as probabilities the softmax of the 1008 logits
+    without the fc bias (the Inception Score's p(y|x), as torch-fidelity computes it).
+
+    weights: the weights file (default $SCORE_SDE_INCEPTION_WEIGHTS, else torch hub's cache);
+    its SHA-256 is the identity. state: a checked state dict instead (tests, random weights);
+    its identity is `state:` and the SHA-256 of its keys, shapes and values.
+    """
+    name = "inception"
+    resizing = ("grey repeated to RGB; TensorFlow 1 bilinear resize to 299x299 (no half-pixel "
+                "centres, no antialiasing)")
+
+    def __init__(self, weights=None, *, state=None, device=None, batch_size=32):
+        from evaluation import inception
+        if state is None:
+            path = inception.resolve_weights_path(weights)
+            state, self.weights = inception.load_weights(path), inception.file_sha256(path)
+        else:
+            self.weights = "state:" + inception.state_sha256(inception.check_state(state))
+        device = torch.device("cpu" if device is None else device)
+        self.state = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}
+        self.batch_size = int(batch_size)
+
+    @classmethod
+    def from_options(cls, weights=None, device=None):
+        return cls(weights, device=device)
+
+    def identity(self):
+        return {"extractor": self.name, "weights_sha256": self.weights,
+                "resizing": self.resizing}
+
+    def __call__(self, images):
+        """uint8 images [N, 3 or 1, H, W] -> (features float64 [N, 2048], probs float64
+        [N, 1008]), in batches of `batch_size`."""
+        from evaluation.inception import inception_outputs
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        feats, probs = [], []
+        with torch.no_grad():
+            for i in range(0, len(images), self.batch_size):
+                pool, _ = inception_outputs(self.state, images[i:i + self.batch_size])
+                unbiased = pool @ self.state["fc.weight"].T
+                feats.append(pool.cpu().double())
+                probs.append(unbiased.cpu().double().softmax(dim=1))
+        return torch.cat(feats), torch.cat(probs)
+
+
+def get_extractor(name, *, weights=None, device=None):
+    """The registered extractor `name` (`EXTRACTORS`: 'digits', 'inception'); `weights`: the
+    weights file of one that reads a file; `device`: where it runs (default the CPU)."""
+    if name not in EXTRACTORS:
+        raise ValueError(f"unknown feature extractor {name!r} (known: {', '.join(sorted(EXTRACTORS))})")
+    return EXTRACTORS[name].from_options(weights=weights, device=device)
 
 
 def as_uint8_nchw(images):

@@ -25,6 +25,7 @@ def reference_images(args):
 
 
 def add_arguments(parser):
+    from evaluation.inception import WEIGHTS_ENV, WEIGHTS_FILE
     from evaluation.reference import EXTRACTORS
     flag(parser, "stats", required=True, help="reference statistics file (.npz): written by "
          "--reference when absent, read by --samples")
@@ -33,7 +34,12 @@ def add_arguments(parser):
     flag(parser, "samples", help="samples to score: a folder of shards (sample --seeds), an "
          ".npz file or a folder of images")
     flag(parser, "extractor", default="digits", choices=sorted(EXTRACTORS),
-         help="feature extractor")
+         help="feature extractor: digits (the offline digits classifier) or inception (the FID "
+         "Inception-v3, torch-fidelity's weights file, no torchvision needed)")
+    flag(parser, "inception-weights", metavar="PATH", help="--extractor inception: the weights "
+         f"file {WEIGHTS_FILE} (default ${WEIGHTS_ENV}, else torch hub's cache)")
+    flag(parser, "device", default="cpu", help="where the features are computed: cpu, cuda "
+         "(under torchrun: cuda:LOCAL_RANK), cuda:1, ...")
     flag(parser, "out", help="also write the scores to this JSON file")
     flag(parser, "debug", action="store_true", help="show the traceback of an error")
 
@@ -42,8 +48,9 @@ def add_arguments(parser):
          "reference statistics computed once.",
          add_arguments)
 def run(args):
-    from evaluation.reference import (EXTRACTORS, as_uint8_nchw, data_checksum, load_statistics,
-                                      reference_statistics, save_statistics, score_samples)
+    from evaluation.reference import (as_uint8_nchw, data_checksum, get_extractor,
+                                      load_statistics, reference_statistics, save_statistics,
+                                      score_samples)
     from training.distributed import cleanup_distributed, init_distributed
     if not (args.reference or args.samples):
         raise CLIError("nothing to do: give --reference (to compute --stats) and/or --samples "
@@ -52,9 +59,11 @@ def run(args):
         raise CLIError(f"--samples {args.samples!r} does not exist")
     if not args.reference and not os.path.isfile(args.stats):
         raise CLIError(f"--stats {args.stats!r} does not exist; compute it first with --reference")
-    info = init_distributed(device="cpu")
+    info = init_distributed(device=args.device, backend="gloo")  # the gather is of CPU tensors
     try:
-        extractor, stats = EXTRACTORS[args.extractor](), None
+        extractor = get_extractor(args.extractor, weights=args.inception_weights,
+                                  device=info.device)
+        stats = None
         if args.reference:
             images, source = reference_images(args)
             if os.path.isfile(args.stats):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from evaluation import digits_features as dfeat
+from evaluation.inception import expected_shapes
 from evaluation.metrics import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILE,
@@ -295,8 +296,10 @@ def fake_fidelity(monkeypatch, error=None):
 
 
 def save_weights(path, classes=1008):
-    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "fc.weight": torch.zeros(classes, 1),
-                "fc.bias": torch.zeros(classes)}, path)
+    """A file of the FID Inception-v3's keys and shapes (small: every tensor a broadcast zero);
+    `classes`=1000 makes it look like torchvision's ImageNet model."""
+    shapes = dict(expected_shapes(), **{"fc.weight": (classes, 2048), "fc.bias": (classes,)})
+    torch.save({k: torch.zeros([1] * len(s)).expand(s) for k, s in shapes.items()}, path)
     return path
 
 
