@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.inception import inception_outputs, random_weights, state_sha256
+from evaluation.inception import inception_outputs, prepare, random_weights, state_sha256
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "inception_peer.npz"
 SEED = 20151205
@@ -109,7 +109,7 @@ def speed(n, batch=8):
     """Images per second of `inception_outputs` on 32x32 uint8 inputs."""
     import platform
     import time
-    state = fixture_weights()
+    state = prepare(fixture_weights())
     x = torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(0),
                       dtype=torch.uint8)
     with torch.no_grad():

@@ -9,7 +9,8 @@ Two layers:
   `frechet_distance` (Heusel et al. 2017), `polynomial_mmd2` / `kernel_distance` (the unbiased MMD^2
   of KID, Binkowski et al. 2018) and `classifier_score` (the Inception Score formula on any
   classifier's probabilities, Salimans et al. 2016). `evaluation.digits_features` uses them with a
-  small classifier trained on the built-in digits, which needs no download.
+  small classifier trained on the built-in digits, which needs no download; `evaluation.inception`
+  is the FID Inception-v3 itself in plain torch (torch-fidelity's weights file, no torchvision).
 
 FID depends on the sample count (it is biased upward for small counts), the reference set and the
 seed, so every result dict here carries them.
@@ -352,8 +353,10 @@ def _import_torch_fidelity():
         raise ImportError(
             f"FID/IS/KID with Inception features need the optional package torch-fidelity, which is "
             f"not installed ({e}). Install it with:\n    {INSTALL_HINT}\n"
-            f"Offline and for the built-in digits, evaluation.digits_features gives a Frechet/kernel "
-            f"distance in the features of a small digits classifier instead.") from e
+            f"Without it: `python -m sde_lib.run metrics --extractor inception` (the same "
+            f"Inception-v3 in plain torch, given its weights file); offline and for the built-in "
+            f"digits, evaluation.digits_features gives a Frechet/kernel distance in the features "
+            f"of a small digits classifier.") from e
     return torch_fidelity
 
 

@@ -5,6 +5,9 @@ a classifier score, and precision and recall (Kynkaanniemi et al. 2019).
     save_statistics("ref.npz", stats)                       # once
     score_samples("runs/x/samples/seeds_pc", load_statistics("ref.npz"), DigitsExtractor())
 
+Extractors are registered by name in `EXTRACTORS` ('digits'; 'inception', the FID Inception-v3
+of `evaluation.inception`) and made with `get_extractor(name, weights=..., device=...)`.
+
 A statistics file (.npz, no pickles) holds the mean `mu` and covariance `sigma` (float64) of the
 reference features, the features themselves (float32, for KID and precision/recall) and a JSON
 `provenance`: the SHA-256 of the uint8 images in order (the data checksum), the extractor's name,
@@ -82,8 +85,7 @@ class InceptionExtractor:
             state, self.weights = inception.load_weights(path), inception.file_sha256(path)
         else:
             self.weights = "state:" + inception.state_sha256(inception.check_state(state))
-        device = torch.device("cpu" if device is None else device)
-        self.state = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}
+        self.state = inception.prepare(state, device)
         self.batch_size = int(batch_size)
 
     @classmethod

@@ -1,6 +1,7 @@
 """``python -m sde_lib.run metrics``: reference statistics computed once (`--reference` into
 `--stats`) and sample sets scored against them (`--samples`: a folder of shards, an .npz or a
-folder of images): FID, KID, classifier score, precision and recall (`evaluation.reference`).
+folder of images): FID, KID, classifier score, precision and recall (`evaluation.reference`),
+in the features of the offline digits classifier or of the FID Inception-v3 (`--extractor`).
 Also under ``torchrun``: the images are divided over the ranks for feature extraction."""
 
 import json
@@ -8,19 +9,33 @@ import os
 
 from sde_cli.app import command
 from sde_cli.errors import CLIError
-from sde_cli.flags import flag
+from sde_cli.flags import DATA_DIR_HELP, flag
 from sde_cli.folders import workdir_lock
 
 
+# --reference NAME/SPLIT: a dataset of training.data at its native size and channels.
+DATASETS = {"mnist": (28, 1), "cifar10": (32, 3)}
+
+
 def reference_images(args):
-    """The reference images: a split name of the digits, or a folder / .npz file."""
+    """The reference images: a split name of the digits, a dataset split (cifar10/train,
+    mnist/test, read by `training.data`), or a folder / .npz file."""
     src = args.reference
     if src in ("train", "test", "all"):
         from evaluation.digits_features import digits_images
         return digits_images(src)[0], f"digits/{src}"
+    name, _, split = src.lower().partition("/")
+    if name in DATASETS and split in ("train", "test") and not os.path.exists(src):
+        from ml_collections import ConfigDict
+        from training.data import load_dataset
+        size, channels = DATASETS[name]
+        config = ConfigDict({"data": {"dataset": name.upper(), "image_size": size,
+                                      "num_channels": channels, "centered": False}})
+        return load_dataset(config, split, data_dir=args.data_dir), f"{name}/{split}"
     if not os.path.exists(src):
-        raise CLIError(f"--reference {src!r}: not a split (train, test, all) nor an existing "
-                       f"folder or .npz file")
+        raise CLIError(f"--reference {src!r}: not a split of the digits (train, test, all), a "
+                       f"dataset split ({', '.join(f'{d}/train' for d in DATASETS)}, .../test) "
+                       f"nor an existing folder or .npz file")
     return src, os.path.abspath(src)
 
 
@@ -30,7 +45,9 @@ def add_arguments(parser):
     flag(parser, "stats", required=True, help="reference statistics file (.npz): written by "
          "--reference when absent, read by --samples")
     flag(parser, "reference", help="images the statistics are of: train, test or all (the "
-         "built-in digits), or a folder of images / an .npz file")
+         "built-in digits), cifar10/train, cifar10/test, mnist/train, mnist/test (read from "
+         "--data-dir, downloaded when absent), or a folder of images / an .npz file")
+    flag(parser, "data-dir", help=DATA_DIR_HELP)
     flag(parser, "samples", help="samples to score: a folder of shards (sample --seeds), an "
          ".npz file or a folder of images")
     flag(parser, "extractor", default="digits", choices=sorted(EXTRACTORS),

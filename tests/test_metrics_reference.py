@@ -96,3 +96,26 @@ def test_metrics_command_on_two_processes_scores_as_one(classifier, tmp_path):
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     for key in ("fid", "kid_mean", "precision", "recall", "classifier_score"):
         assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
+
+
+def test_metrics_command_takes_a_dataset_split_as_reference(classifier, tmp_path, monkeypatch):
+    """`--reference cifar10/train` reads the CIFAR-10 binary release from --data-dir: the
+    statistics are of its images in file order, with that source in their provenance."""
+    from pathlib import Path
+    from evaluation.reference import data_checksum
+    from sde_cli.app import main as cli
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    g = np.random.default_rng(0)
+    images = []
+    for i in range(1, 6):
+        records = g.integers(0, 256, (3, 3073), dtype=np.uint8)
+        (folder / f"data_batch_{i}.bin").write_bytes(records.tobytes())
+        images.append(records[:, 1:].reshape(3, 3, 32, 32))
+    monkeypatch.setenv("SCORE_SDE_CACHE", str(Path(classifier.info["cache_file"]).parent))
+    assert cli(["metrics", "--stats", str(tmp_path / "ref.npz"), "--reference", "cifar10/train",
+                "--data-dir", str(tmp_path)]) == 0
+    provenance = load_statistics(tmp_path / "ref.npz")["provenance"]
+    assert provenance["source"] == "cifar10/train" and provenance["count"] == 15
+    assert provenance["data_sha256"] == data_checksum(torch.from_numpy(np.concatenate(images)))
+    assert cli(["metrics", "--stats", str(tmp_path / "r.npz"), "--reference", "cifar10/valid"]) == 1
