@@ -106,21 +106,32 @@ def compare(write=False):
 
 
 def speed(n, batch=8):
-    """Images per second of `inception_outputs` on 32x32 uint8 inputs."""
+    """Images per second of `inception_outputs` on 32x32 uint8 inputs, and of torch-fidelity's
+    extractor on the same inputs where it is installed."""
+    import os
     import platform
     import time
-    state = prepare(fixture_weights())
+    state = fixture_weights()
     x = torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(0),
                       dtype=torch.uint8)
-    with torch.no_grad():
-        inception_outputs(state, x[:1])  # warm-up
-        t0 = time.perf_counter()
-        for i in range(0, n, batch):
-            inception_outputs(state, x[i:i + batch])
-        seconds = time.perf_counter() - t0
-    print(f"{n} images of 32x32 in batches of {batch}: {seconds:.1f} s, {n / seconds:.2f} images/s "
-          f"(threads={torch.get_num_threads()}, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()})")
+    runs = {"evaluation.inception": lambda b, s=prepare(state): inception_outputs(s, b)}
+    if importlib.util.find_spec("torch_fidelity") is not None:
+        cls, version = peer_class()
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(dict(state), Path(tmp) / "w.pth")
+            runs[f"torch-fidelity {version}"] = cls("inception-v3-compat", ["2048", "logits"],
+                                                    feature_extractor_weights_path=str(Path(tmp) / "w.pth"))
+    print(f"{n} images of 32x32 in batches of {batch}, threads={torch.get_num_threads()}, torch "
+          f"{torch.__version__}, {platform.processor() or platform.machine()}, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    for name, run in runs.items():
+        with torch.no_grad():
+            run(x[:1])  # warm-up
+            t0 = time.perf_counter()
+            for i in range(0, n, batch):
+                run(x[i:i + batch])
+            seconds = time.perf_counter() - t0
+        print(f"  {name}: {seconds:.1f} s, {n / seconds:.2f} images/s")
 
 
 def main():
