@@ -224,9 +224,14 @@ def precision_recall(real, fake, k=3, chunk=4096):
 
 
 def score_samples(samples, stats, extractor, *, info=None, k=3, kid_subsets=100,
-                  kid_subset_size=1000):
+                  kid_subset_size=1000, score_splits=10):
     """FID, KID, classifier score, precision and recall of `samples` (a shard folder, .npz,
-    image folder or uint8 images) against reference `stats` of the same extractor."""
+    image folder or uint8 images) against reference `stats` of the same extractor.
+
+    The classifier score is given on all samples (`classifier_score`) and as mean and standard
+    deviation over `score_splits` consecutive parts (`classifier_score_mean`, `_std`): with the
+    Inception extractor, the Inception Score as usually reported (10 splits; torch-fidelity
+    shuffles the samples first, here they stay in seed order)."""
     mine = extractor.identity()
     theirs = {key: stats["provenance"].get(key) for key in mine}
     if theirs != mine:
@@ -238,8 +243,12 @@ def score_samples(samples, stats, extractor, *, info=None, k=3, kid_subsets=100,
     subset = min(kid_subset_size, len(x), len(ref))
     kid_mean, kid_std = kernel_distance(feats, ref, subsets=kid_subsets, subset_size=subset)
     precision, recall = precision_recall(ref, feats, k=k)
+    splits = min(score_splits, len(x))
+    score_mean, score_std = classifier_score(probs, splits=splits)
     return {"fid": frechet_distance(mu, sigma, stats["mu"], stats["sigma"]),
             "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": subset,
-            "classifier_score": classifier_score(probs)[0], "precision": precision,
+            "classifier_score": classifier_score(probs)[0], "classifier_score_mean": score_mean,
+            "classifier_score_std": score_std, "classifier_score_splits": splits,
+            "precision": precision,
             "recall": recall, "k": k, "num_samples": len(x), "samples_sha256": data_checksum(x),
             "reference": stats["provenance"]}

@@ -110,7 +110,9 @@ def run(args):
                 print(f"{result['num_samples']} samples against {result['reference']['count']} "
                       f"reference images ({args.extractor}): FID {result['fid']:.4f}, KID "
                       f"{result['kid_mean']:.4g}, classifier score "
-                      f"{result['classifier_score']:.4f}, precision {result['precision']:.4f}, "
+                      f"{result['classifier_score']:.4f} ({result['classifier_score_splits']} "
+                      f"splits: {result['classifier_score_mean']:.4f} +- "
+                      f"{result['classifier_score_std']:.4f}), precision {result['precision']:.4f}, "
                       f"recall {result['recall']:.4f} (k = {result['k']})")
                 if args.out:
                     from sde_base.fileio import write_json

@@ -44,6 +44,14 @@ def test_fid_of_shards_against_cached_statistics_equals_one_pass(classifier, tmp
     assert result["num_samples"] == len(samples)
     assert result["fid"] == pytest.approx(one_pass, rel=1e-6) and result["fid"] > 0
     assert 0 < result["precision"] <= 1 and 0 < result["recall"] <= 1
+    # the classifier score over 10 consecutive splits: exp E_x KL(p(y|x) || p(y)) per split
+    probs = extractor(torch.from_numpy(samples).permute(0, 3, 1, 2))[1]
+    per_split = [float(torch.exp((p * (p.clamp_min(1e-300).log()
+                                       - p.mean(0).clamp_min(1e-300).log())).sum(1).mean()))
+                 for p in torch.tensor_split(probs, 10)]
+    assert result["classifier_score_splits"] == 10
+    assert result["classifier_score_mean"] == pytest.approx(np.mean(per_split), rel=1e-9)
+    assert result["classifier_score_std"] == pytest.approx(np.std(per_split), rel=1e-9)
     other = DigitsExtractor(dfeat.load_digits_classifier(seed=1, cache=tmp_path, epochs=1))
     with pytest.raises(ValueError, match="made with"):
         score_samples(shards, stats, other)
