@@ -99,10 +99,11 @@ class InceptionExtractor:
     def __call__(self, images):
         """uint8 images [N, 3 or 1, H, W] -> (features float64 [N, 2048], probs float64
         [N, 1008]), in batches of `batch_size`."""
-        from evaluation.inception import inception_outputs
+        from evaluation.inception import FEATURE_DIM, NUM_CLASSES, inception_outputs
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        feats, probs = [], []
+        feats = [torch.empty(0, FEATURE_DIM, dtype=torch.float64)]  # a rank may get no image
+        probs = [torch.empty(0, NUM_CLASSES, dtype=torch.float64)]
         with torch.no_grad():
             for i in range(0, len(images), self.batch_size):
                 pool, _ = inception_outputs(self.state, images[i:i + self.batch_size])

@@ -173,6 +173,8 @@ def test_fid_of_shards_against_cached_statistics_equals_one_pass(weights, state,
         return extractor(torch.from_numpy(images).permute(0, 3, 1, 2))[0]
 
     expected = fid_from_features(one_pass(samples), one_pass(reference))
+    empty = extractor(torch.zeros(0, 3, 32, 32, dtype=torch.uint8))  # a rank with no image
+    assert [tuple(t.shape) for t in empty] == [(0, 2048), (0, 1008)]
     assert result["num_samples"] == 6 and expected > 0
     assert result["fid"] == pytest.approx(expected, rel=1e-6)
     other = InceptionExtractor(state={k: v * 1.01 for k, v in state.items()})
