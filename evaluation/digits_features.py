@@ -204,7 +204,12 @@ def _save_atomic(obj, path):
 
 
 def _load_cached(path):
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    from networks.checkpoint import torch_load_detail
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- one line, never the advice to load unsafely
+        raise ValueError(f"{path}: not readable with weights_only=True "
+                         f"({torch_load_detail(e)})") from None
     if not isinstance(blob, dict) or blob.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: not a digits classifier cache of format {FORMAT_VERSION}")
     info = dict(blob["info"])

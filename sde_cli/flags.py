@@ -5,6 +5,7 @@ sampling flags and the checks of the sampler names they give."""
 import argparse
 import difflib
 
+from sde_base import values
 from sde_cli.errors import CLIError
 import sde_lib
 import solvers
@@ -105,24 +106,20 @@ def _is_flag(text):
     return False
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def flag_type(parse, name=None):
+    """`parse` (raising ValueError or KeyError) as an argparse type whose message is the error
+    line argparse prints."""
+    def parse_flag(text):
+        try:
+            return parse(text)
+        except (ValueError, KeyError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse_flag.__name__ = name or parse.__name__
+    return parse_flag
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {value}")
-    return value
+positive_int = flag_type(values.positive_int)
+positive_float = flag_type(values.positive_float)
 
 
 def add_run_flags(parser, *, config_required=False):
@@ -152,19 +149,6 @@ def registry_names():
     return solvers.SAMPLERS.names(), solvers.PREDICTORS.names(), solvers.CORRECTORS.names()
 
 
-def _parser(option):
-    """argparse's `type` for a declared option: its parse, with the error argparse prints."""
-
-    def parse(text):
-        try:
-            return option.parse(text)
-        except (ValueError, KeyError) as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    parse.__name__ = option.name
-    return parse
-
-
 def _taken_by(name):
     """'sampler A (default x), sampler B (default y)' for a help text."""
     return ", ".join(f"{s} (default {d})" for s, d in takers(name).items())
@@ -188,7 +172,7 @@ def add_sampler_flags(parser, n_default=64, eps_alias=True):
         if option.choices is not None and option.type is str:
             extra = dict(choices=list(option.choices), metavar="NAME")
         choices = f", one of: {', '.join(map(str, option.choices))}" if extra else ""
-        flag(g, name.replace("_", "-"), type=_parser(option), **extra,
+        flag(g, name.replace("_", "-"), type=flag_type(option.parse, option.name), **extra,
              help=f"{option.help}{choices}; taken by {_taken_by(name)}")
     others = [f"{s}: " + ", ".join(f"{o.name} ({o.type.__name__}, default {o.default!r})"
                                   for o in solvers.get_sampler(s).options.values()
@@ -219,7 +203,7 @@ def _sampler_option(text):
     if not sep or name not in table:
         raise argparse.ArgumentTypeError(
             f"expected NAME=VALUE with NAME one of {', '.join(sorted(table))}, got {text!r}")
-    return name, _parser(table[name])(value)
+    return name, flag_type(table[name].parse, name)(value)
 
 
 class _Ambiguous(argparse.Action):

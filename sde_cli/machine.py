@@ -64,8 +64,8 @@ def choose_threads(args, config, device):
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
         n, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     else:
-        n, cores, load = free_cores()
-        why = f"{cores} physical cores, load {load:.1f}; --threads N to change"
+        n, cores, busy = free_cores()
+        why = f"{cores} physical cores, {busy}; --threads N to change"
     n = max(1, int(n))
     torch.set_num_threads(n)
     if device.type == "cpu":
@@ -73,12 +73,56 @@ def choose_threads(args, config, device):
     return n
 
 
+def cpu_times(cpus):
+    """{cpu: (idle, total)} jiffies of the given logical CPUs from /proc/stat (idle counts
+    iowait; total counts steal); {} where /proc/stat is not there."""
+    times = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    v = [int(x) for x in fields[:8]]
+                    times[int(name[3:])] = (v[3] + v[4], sum(v))
+    except (OSError, ValueError):
+        return {}
+    return times
+
+
+def idle_cpus(window=0.25):
+    """Logical CPUs of this process's CPU set left idle by other processes over the next
+    `window` seconds (a sum of idle fractions), or None where /proc/stat cannot tell."""
+    import time
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:
+        return None
+    before = cpu_times(cpus)
+    time.sleep(window)
+    after = cpu_times(cpus)
+    spans = [(after[c][0] - before[c][0], after[c][1] - before[c][1])
+             for c in before if c in after]
+    if not spans or not any(total for _, total in spans):
+        return None
+    return sum(idle / total if total else 1.0 for idle, total in spans)
+
+
 def free_cores():
-    """(free, cores, load): the physical cores of this process's CPU set not busy by the
-    1-minute load average (at least 1), the cores, the load."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    """(free, cores, what was measured): the physical cores of this process's CPU set that
+    other processes leave idle (at least 1). Measured as idle time over a quarter second
+    (`idle_cpus`), which sees the machine as it is now; where that is unavailable, the 1-minute
+    load average, which lags (it still counts a job that ended seconds ago)."""
     cores = physical_cores()
-    return max(1, min(cores, int(round(cores - load)))), cores, load
+    idle = idle_cpus()
+    if idle is not None:
+        try:
+            logical = len(os.sched_getaffinity(0))
+        except AttributeError:
+            logical = os.cpu_count() or 1
+        free = idle * cores / max(logical, 1)
+        return max(1, min(cores, int(round(free)))), cores, f"{free:.1f} idle now"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, int(round(cores - load)))), cores, f"load {load:.1f}"
 
 
 def environment(device):

@@ -23,6 +23,7 @@ import functools
 import torch
 
 from sde_base.registry import Registry
+from sde_base.values import count, positive_float, positive_int  # noqa: F401 (option types)
 from solvers.grids import GRIDS, time_grid
 
 SAMPLERS = Registry("sampler")
@@ -41,30 +42,6 @@ def parse_bool(text):
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"not a boolean (true/false): {text!r}")
-
-
-def positive_int(text):
-    """An integer >= 1 (from text or a number)."""
-    value = int(text)
-    if value < 1 or value != float(text):
-        raise ValueError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def count(text):
-    """An integer >= 0 (from text or a number)."""
-    value = int(text)
-    if value < 0 or value != float(text):
-        raise ValueError(f"must be a non-negative integer, got {text!r}")
-    return value
-
-
-def positive_float(text):
-    """A finite number > 0 (from text or a number)."""
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise ValueError(f"must be a finite positive number, got {text!r}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)

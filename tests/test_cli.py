@@ -346,15 +346,39 @@ def test_threads_rule(monkeypatch, capsys):
         _, args = app.parse("sample", [])
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.setattr(machine, "physical_cores", lambda: 2)
-        for load, want in ((0.1, 2), (0.8, 1), (1.4, 1), (7.0, 1)):  # free cores, at least 1
-            monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+        for idle, want in ((1.9, 2), (1.4, 1), (0.6, 1), (0.0, 1)):  # idle cores, at least 1
+            monkeypatch.setattr(machine, "idle_cpus", lambda window=0.25: idle)
             for name in ("builtin/digits_ve", "ve/cifar10_ncsnpp_continuous"):  # every model
                 config = configs.get_config(name)
                 assert machine.choose_threads(args, config, torch.device("cpu")) == want
-                assert f"threads: {want} (2 physical cores, load {load:.1f}" in \
+                assert f"threads: {want} (2 physical cores, {idle:.1f} idle now" in \
                     capsys.readouterr().out
+        monkeypatch.setattr(machine, "idle_cpus", lambda window=0.25: None)  # no /proc/stat
+        for load, want in ((0.1, 2), (0.8, 1), (1.4, 1), (7.0, 1)):  # the load average then
+            monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+            config = configs.get_config("builtin/digits_ve")
+            assert machine.choose_threads(args, config, torch.device("cpu")) == want
+            assert f"threads: {want} (2 physical cores, load {load:.1f}" in capsys.readouterr().out
     finally:
         torch.set_num_threads(before)
+
+
+def test_idle_cpus_sums_each_cpus_idle_share(monkeypatch):
+    """Idle share per CPU over the window (idle + iowait over all jiffies, steal included)."""
+    readings = iter([{0: (100, 1000), 1: (50, 1000)},    # before
+                     {0: (190, 1100), 1: (55, 1100)}])   # after: cpu0 90% idle, cpu1 5%
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(machine, "cpu_times", lambda cpus: next(readings))
+    assert machine.idle_cpus(window=0) == pytest.approx(0.95)
+    monkeypatch.setattr(machine, "cpu_times", lambda cpus: {})  # /proc/stat unreadable
+    assert machine.idle_cpus(window=0) is None
+
+
+def test_cpu_times_reads_this_machine():
+    cpus = os.sched_getaffinity(0)
+    times = machine.cpu_times(cpus)
+    assert set(times) == set(cpus) and all(0 <= i <= t for i, t in times.values())
+    assert 0 <= machine.idle_cpus(window=0.05) <= len(cpus) + 1e-9
 
 
 # ----------------------------------------------------------------------------- a trained run

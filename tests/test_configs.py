@@ -334,3 +334,68 @@ def test_fixture_config_matches_its_module_and_overrides():
         ours = {k: v for k, v in to_plain(config).items() if k not in TOOLKIT_ONLY}
         stored = {k: v for k, v in entry["config"].items() if k not in TOOLKIT_ONLY}
         assert flat(ours) == flat(stored), key  # values and JSON types (int vs float)
+
+
+# ----------------------------------------------------------------------------- value checks
+@pytest.mark.parametrize("name", configs.config_names())
+def test_every_builtin_config_passes_the_value_checks(name):
+    assert configs.value_problems(configs.get_config(name)) == []
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("model.sigma_max", float("inf"), "must be a finite positive number"),
+    ("model.sigma_max", float("nan"), "must be a finite positive number"),
+    ("optim.lr", -1.0, "must be a finite positive number"),
+    ("training.batch_size", 0, "must be a positive integer"),
+    ("training.batch_size", 2.5, "must be a positive integer"),
+    ("training.continuous", 1, "must be True or False"),
+    ("data.centered", "yes", "must be True or False"),
+    ("model.ch_mult", (), "must be a non-empty tuple of positive integers"),
+    ("model.ch_mult", (1, 0), "must be a non-empty tuple of positive integers"),
+    ("model.attn_resolutions", (16, -8), "must be a tuple of positive integers (may be empty)"),
+    ("model.fir_kernel", [1, float("inf")], "must be a non-empty list of finite numbers"),
+    ("model.init_scale", -0.5, "must be a finite number >= 0"),
+    ("model.conv_size", 0, "must be a positive integer"),
+    ("eval.begin_ckpt", -1, "must be a non-negative integer"),
+    ("seed", -3, "must be a non-negative integer"),
+    ("training.dist_timeout", 0.0, "must be a finite positive number"),
+])
+def test_value_checks_name_the_field_and_the_rule(field, value, rule):
+    # Not type-safe, as a config from a JSON file or built by hand may be.
+    config = ml_collections.ConfigDict(
+        configs.get_config("ve/cifar10_ncsnpp_continuous").to_dict(), type_safe=False)
+    with config.unlocked():
+        if "." in field:
+            section, key = field.split(".")
+            config[section][key] = value
+        else:
+            config[field] = value
+    problems = configs.value_problems(config)
+    assert problems == [f"config.{field} {rule}, got {value!r}"]
+    with pytest.raises(ValueError, match=f"config.{field}"):
+        configs.check_values(config)
+
+
+def test_value_checks_orders():
+    config = configs.get_config("ve/cifar10_ncsnpp_continuous")
+    config.eval.begin_ckpt, config.eval.end_ckpt = 9, 9  # equal is fine here
+    assert configs.value_problems(config) == []
+    config.eval.begin_ckpt = 10
+    assert configs.value_problems(config) == [
+        "config.eval.begin_ckpt (10) must be at most config.eval.end_ckpt (9)"]
+    config.eval.begin_ckpt, config.model.sigma_min = 9, 50.0  # sigma_max is 50
+    assert configs.value_problems(config) == [
+        "config.model.sigma_min (50.0) must be below config.model.sigma_max (50)"]
+
+
+def test_train_checks_values_before_any_work(tmp_path):
+    """A direct library call, not only the command line, refuses a value that cannot be right
+    before the workdir is created."""
+    from training.train import train
+    config = configs.get_config("builtin/digits_ve")
+    config.model.sigma_max = float("inf")
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"config.model.sigma_max must be a finite positive "
+                                         r"number, got inf"):
+        train(config, str(workdir), device="cpu", progress=False)
+    assert not workdir.exists()

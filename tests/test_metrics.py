@@ -420,6 +420,24 @@ def test_cache_dir_env_and_broken_cache(monkeypatch, tmp_path):
     assert not list(path.parent.glob("*.tmp"))  # the atomic write left no temporary file
 
 
+class _Payload:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_cache_is_refused_without_unsafe_advice(tmp_path):
+    """A cache file that needs arbitrary objects is never unpickled, and the message never
+    suggests weights_only=False."""
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": dfeat.FORMAT_VERSION, "x": _Payload()}, path)
+    with pytest.raises(ValueError) as e:
+        dfeat._load_cached(path)
+    text = str(e.value)
+    assert str(path) in text and "weights_only=True" in text and "\n" not in text
+    assert "weights_only` set to `False`" not in text and "will likely succeed" not in text
+
+
 def test_training_is_reproducible():
     a = dfeat.train_digits_classifier(seed=3, epochs=1)
     b = dfeat.train_digits_classifier(seed=3, epochs=1)

@@ -34,6 +34,7 @@ import time
 
 import torch
 
+from configs import check_values
 from networks import ExponentialMovingAverage, create_model, fused_adam_kwargs
 from networks.runtime import RuntimeOptions, fast_math, prepare_model
 from networks.sizes import check_model_config
@@ -134,12 +135,14 @@ def train(config, workdir, *, info=None, device=None, data_dir=None, progress=Tr
     restart: start from step 0, moving the workdir's history (log, checkpoints, samples) into
     `<workdir>/history-<time>` first (`training.checkpoints.move_history_aside`). Without it a
     workdir whose history has no readable checkpoint is refused (TrainingHistoryError naming
-    the unreadable files) before anything is written.
+    the unreadable files) before anything is written. The config's values are checked first
+    (`configs.check_values`: one ValueError naming every field that cannot be right).
     lock: hold the workdir's lock (`sde_base.fileio.WorkdirLock`) for the run, so a second run
     on the same workdir fails at once naming this one's pid and host. Under DDP rank 0 holds
     it (the ranks of one run share the workdir) and every rank stops if rank 0 cannot get it.
     `config.training.dist_timeout` (seconds, default `training.distributed.DEFAULT_TIMEOUT`)
     bounds every collective wait, so a stalled or dead rank ends the others."""
+    check_values(config)
     info = info or init_distributed(device=device,
                                     timeout=config.training.get("dist_timeout", None))
     workdir_lock = WorkdirLock(workdir, what="train") if lock and info.is_main else None
