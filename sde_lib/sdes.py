@@ -19,6 +19,10 @@ What a subclass declares beside its maths:
                     is the limit of, which gives the discrete loss, the discrete network labels
                     and the discrete reverse-diffusion / ancestral steps; with it come
                     `discrete_label`, `discrete_kernel` and `level_coefficients`
+    original_denoising   True for the original's SDEs (VE, VP, sub-VP): the ODE sampler's
+                    final noise-free step is the original's reverse-diffusion step of length
+                    T/N, kept for equal numbers; False (the default): Tweedie's posterior mean
+                    E[x(0) | x(eps)], which that step approximates only when T/N is about eps
     training_eps, sampling_eps, likelihood_eps   default time limits: training draws
                     t ~ U[training_eps, T], samplers stop at sampling_eps (1e-5 for VE, 1e-3
                     for VP and sub-VP, the original's), the likelihood integrates from
@@ -52,6 +56,7 @@ class SDE(abc.ABC):
     config_fields = {}
     noise_labels = "time"
     discrete_model = None
+    original_denoising = False
     training_eps = 1e-5
     sampling_eps = 1e-3
     likelihood_eps = 1e-5

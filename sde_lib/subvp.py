@@ -13,6 +13,8 @@ class subVPSDE(BetaSchedule):
     continuous convention); its DDPM betas/alphas (those of VP) serve the Langevin corrector's
     step size."""
 
+    original_denoising = True
+
     def sde(self, x, t):
         self.check_time(x, t)
         beta = self.beta(t)

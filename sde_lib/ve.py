@@ -34,6 +34,7 @@ class VESDE(SDE):
     config_fields = {"sigma_min": "model.sigma_min", "sigma_max": "model.sigma_max"}
     noise_labels = "sigma"
     discrete_model = "smld"
+    original_denoising = True
     sampling_eps = 1e-5
 
     def __init__(self, sigma_min=0.01, sigma_max=50.0, N=1000):

@@ -62,6 +62,7 @@ class VPSDE(BetaSchedule):
     mean alpha(t) x, std sqrt(1 - alpha(t)^2) (Eq. 33); DDPM in the discrete limit."""
 
     discrete_model = "ddpm"
+    original_denoising = True
 
     def sde(self, x, t):
         self.check_time(x, t)
