@@ -161,3 +161,24 @@ def test_provenance_mismatch_is_refused_naming_what_differs(checkpoint, tmp_path
     (moved,) = folder.glob("previous-*")
     assert (moved / "seeds_000000-000003.npz").read_bytes() == first
     assert (moved / "manifest.json").is_file()
+
+
+def test_accelerate_launch_gives_the_images_of_one_process(checkpoint, one_process, tmp_path):
+    """`accelerate launch` sets the environment torchrun sets (RANK, WORLD_SIZE, MASTER_*): the
+    toolkit runs under it unchanged. --multi_gpu only picks accelerate's torchrun-style
+    launcher; on this CPU machine the ranks use gloo."""
+    out = tmp_path / "accelerate"
+    env = dict(ENV, HF_HOME=str(tmp_path / "hf"))  # no user accelerate config is read
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                        "-m", "sde_lib.run", "sample", "--checkpoint", str(checkpoint), *SEEDS,
+                        "--sample-batch", "8", "--device", "cpu", "--out", str(out)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "on 2 process(es)" in r.stdout
+    ranks = sorted(line.split(":")[0] for line in r.stdout.splitlines() if line.startswith("rank "))
+    assert ranks == ["rank 0", "rank 1"]
+    got, got_seeds = read_shards(out)
+    samples, seeds = one_process
+    assert np.array_equal(got_seeds, seeds) and np.array_equal(got, samples)  # bitwise
