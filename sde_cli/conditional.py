@@ -83,6 +83,13 @@ def run(args):
     if not args.train_steps and not os.path.isfile(args.classifier):
         raise CLIError(f"classifier {args.classifier!r} does not exist (pass --train-steps N "
                        f"to train one)")
+    if args.train_steps and os.path.lexists(args.classifier):
+        try:  # replace only a classifier the toolkit wrote
+            load_classifier(args.classifier, map_location="cpu")
+        except (OSError, ValueError) as e:
+            raise CLIError(f"--classifier {args.classifier}: the file exists and is not a "
+                           f"classifier this toolkit wrote ({e}); --train-steps would replace "
+                           f"it: choose another path") from None
     source, config, sde, score_fn, device, opts, out, seed = setup(args)
     if args.train_steps:
         train_classifier(args, config, sde, device)

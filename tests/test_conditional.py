@@ -220,6 +220,13 @@ def test_cli_inpaint_colorize_conditional_write_grids(tiny_checkpoints, tmp_path
     assert "out of range" in capsys.readouterr().err
     assert cli(["colorize", "--checkpoint", str(tiny_checkpoints[1]), *common]) == 1
     assert "colorize needs an RGB model" in capsys.readouterr().err
+    victim = tmp_path / "victim.pt"  # a file the toolkit did not write is never replaced
+    victim.write_bytes(b"someone else's weights")
+    assert cli(["conditional", "--checkpoint", str(tiny_checkpoints[1]), "--classifier",
+                str(victim), "--train-steps", "5", "--labels", "3", *common]) == 1
+    err = capsys.readouterr().err
+    assert "is not a classifier this toolkit wrote" in err and "choose another path" in err
+    assert victim.read_bytes() == b"someone else's weights"
 
 
 # ----------------------------------------------------------------------------- bad input (issue 13)
