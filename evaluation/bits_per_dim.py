@@ -1,27 +1,55 @@
-"""Bits/dim of a dataset split, resumable, with records that are reused only for the same work.
+"""Bits/dim of a dataset split, distributed over processes, repeated, resumable, with records
+that are reused only for the same work.
 
-Each batch is dequantized with its own generator, seeded from (seed, batch index), which also
-draws the Hutchinson probes, so a batch's numbers do not depend on which batches ran before it.
-After each batch one JSON line (batch index, image range, bits/dim per image, NFE, key) is added
-to the records file (rewritten atomically); a stopped run started again skips the batches
-already there, but only if they carry the same key: the digest of the checkpoint's identity
-(its step and the SHA-256 of its contents, not its name or path), the config and every setting
-that changes the number. Records of another key are never reused: `evaluate_split` refuses the
-file (``fresh=True`` replaces it). One writer at a time: a second process on the same file gets
-an error naming the holder.
+Protocol (the original's test-set evaluation): `repeats` passes over the split, each with fresh
+dequantization noise. Pass r has its own dequantization seed, `repeat_seed(seed, r)`, recorded
+with every value; image i of pass r draws its dequantization noise and then its Hutchinson
+probes (or the bound's times and noise) from its own generator, seeded from (repeat seed, i)
+(`solvers.seeding.RowGenerators`), so its noise does not depend on which batch or process it
+fell in. What does depend on the batch: the adaptive ODE solver controls the error of a batch
+together (each step must pass for every image, `likelihood.ode.per_sample_norm`), so an image's
+number depends on its batch-mates within the solver's tolerance; the batch size is therefore
+part of the key, batches are fixed ranges [j B, (j + 1) B) of the split, and with the same batch
+size 1 or K processes give bitwise the same records.
+
+Distribution (under torchrun): the batches still to do, in (repeat, batch) order, are dealt to
+the ranks in rounds, one batch per rank per round; each rank solves its own batch with no
+collective inside the solve (an adaptive solve takes a different number of steps on each rank),
+and after each round the finished batches are gathered to rank 0, the one writer: it holds the
+folder's lock (`sde_base.fileio.WorkdirLock`; dead writers' temporary files are removed under
+it) and rewrites the records file atomically. A killed run loses at most the batches of its
+unfinished round.
+
+Records: one JSON line per (repeat, image): bits/dim, its standard error over the probes, the
+batch's NFE, the repeat's seed and the key, the digest of the checkpoint's identity (its step and
+the SHA-256 of its contents, not its name or path), the config and every setting that changes
+the number. A rerun skips the batches whose images are all recorded; records of another key
+are never reused: `evaluate_split` refuses the file (``fresh=True`` replaces it). The number of
+repeats is not in the key (repeat r's seed does not depend on it), so a rerun with more repeats
+extends the records and one with fewer summarizes the first ones.
+
+Summary: the mean over every (image, repeat) value, and as its standard error the standard
+deviation over images of each image's mean over the repeats, divided by sqrt(number of images):
+the repeats of one image share the image and are correlated, so they are not counted as
+independent values (`summarize`).
 """
 
 import hashlib
 import json
 import math
 import os
-import time
 
 import torch
 
 from likelihood.bpd import bits_per_dim_details
-from sde_base.fileio import WorkdirLock, file_digest, write_jsonl
+from sde_base.fileio import WorkdirLock, file_digest, remove_stale_temps, write_jsonl
+from solvers.seeding import RowGenerators
+from training.distributed import DistInfo, collective
 from training.pipeline import get_images, mix_seed
+
+STDERR_RULE = ("standard deviation over images of each image's mean over the repeats, divided "
+               "by sqrt(number of images): repeats of one image are correlated and not counted "
+               "as independent values")
 
 
 class RecordsMismatch(ValueError):
@@ -54,14 +82,33 @@ def run_key(**parts):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def batch_generator(seed, index):
-    """The CPU generator of batch `index`: dequantization noise and probes."""
-    return torch.Generator().manual_seed(mix_seed(seed, index))
+def repeat_seed(seed, repeat):
+    """The dequantization seed of pass `repeat` over the split."""
+    return mix_seed(seed, repeat)
+
+
+def image_generators(seed, repeat, images):
+    """One CPU generator per image of `images` (indices into the split) for pass `repeat`,
+    seeded from (repeat_seed(seed, repeat), image index): it draws the image's dequantization
+    noise and then its probes."""
+    base = repeat_seed(seed, repeat)
+    return RowGenerators([mix_seed(base, int(i)) for i in images])
+
+
+def plan_batches(num_images, batch_size, repeats, num_batches=None):
+    """The batches (repeat, batch index, start, stop) of `repeats` passes over `num_images`
+    images in batches of `batch_size`, in (repeat, batch) order; the first `num_batches` only
+    if given."""
+    per_pass = math.ceil(num_images / batch_size)
+    out = [(r, j, j * batch_size, min((j + 1) * batch_size, num_images))
+           for r in range(repeats) for j in range(per_pass)]
+    return out if num_batches is None else out[:num_batches]
 
 
 def read_records(path, key):
-    """{batch index: record} of a JSONL records file (empty if absent). RecordsMismatch if a
-    record carries another key; ValueError if a line is not a record."""
+    """{(repeat, image): record} of a JSONL records file (empty if absent). RecordsMismatch if a
+    record carries another key or is of the older per-batch format; ValueError if a line is not
+    a record."""
     records = {}
     if not os.path.exists(path):
         return records
@@ -71,8 +118,15 @@ def read_records(path, key):
                 continue
             try:
                 rec = json.loads(line)
-                index = int(rec["batch"])
+                if "image" not in rec and isinstance(rec.get("bpd"), list):
+                    raise RecordsMismatch(
+                        f"{path} holds per-batch records of an older format; they are not "
+                        f"reused. Choose another output file, or pass --fresh to replace them")
+                index = (int(rec["repeat"]), int(rec["image"]))
+                float(rec["bpd"])
             except (ValueError, KeyError, TypeError) as e:
+                if isinstance(e, RecordsMismatch):
+                    raise
                 raise ValueError(f"{path}, line {n}: not a bits/dim record ({e})") from None
             if rec.get("key") != key:
                 raise RecordsMismatch(
@@ -84,73 +138,170 @@ def read_records(path, key):
 
 
 def summarize(records):
-    """Mean bits/dim over every recorded image, its standard error, and the mean NFE."""
-    bpd = torch.tensor([v for r in records.values() for v in r["bpd"]], dtype=torch.float64)
-    n = bpd.numel()
-    return {"bpd": bpd.mean().item() if n else math.nan,
-            "bpd_stderr": (bpd.std() / math.sqrt(n)).item() if n > 1 else math.nan,
-            "num_images": n, "num_batches": len(records),
-            "nfe_mean": (sum(r["nfe"] for r in records.values()) / len(records)
-                         if records else math.nan)}
+    """The summary of per-image records {(repeat, image): record}: `bpd` the mean over every
+    (image, repeat) value; `bpd_stderr` the standard deviation over images of each image's mean
+    over its repeats / sqrt(images) (STDERR_RULE; NaN for one image); `bpd_repeats` each
+    repeat's mean; `repeat_seeds` each repeat's dequantization seed; `nfe_mean` the mean NFE
+    per batch."""
+    keys = sorted(records)
+    values = torch.tensor([records[k]["bpd"] for k in keys], dtype=torch.float64)
+    by_image, by_repeat, batches = {}, {}, {}
+    for k in keys:
+        rec = records[k]
+        by_image.setdefault(k[1], []).append(rec["bpd"])
+        by_repeat.setdefault(k[0], []).append(rec["bpd"])
+        batches[(k[0], rec.get("batch"))] = rec["nfe"]
+    means = torch.tensor([sum(v) / len(v) for _, v in sorted(by_image.items())],
+                         dtype=torch.float64)
+    n = means.numel()
+    seeds = {r: records[k]["seed"] for k in keys for r in [k[0]]}
+    return {"bpd": values.mean().item() if len(keys) else math.nan,
+            "bpd_stderr": (means.std() / math.sqrt(n)).item() if n > 1 else math.nan,
+            "stderr": STDERR_RULE, "num_images": n, "num_values": len(keys),
+            "repeats": len(by_repeat),
+            "bpd_repeats": [sum(v) / len(v) for _, v in sorted(by_repeat.items())],
+            "repeat_seeds": [seeds[r] for r in sorted(by_repeat)],
+            "num_batches": len(batches),
+            "nfe_mean": sum(batches.values()) / len(batches) if batches else math.nan}
+
+
+def _batch_records(score_fn, sde, dataset, batch, *, data_range, seed, key, device, kwargs):
+    """The per-image records of one batch (repeat, j, start, stop), or raises."""
+    r, j, start, stop = batch
+    lo, hi = data_range
+    images, _ = get_images(dataset, torch.arange(start, stop))
+    images = (lo + (hi - lo) * images).to(device)
+    res = bits_per_dim_details(score_fn, sde, images, data_range=data_range,
+                               generator=image_generators(seed, r, range(start, stop)), **kwargs)
+    bpd, stderr = res.bpd.tolist(), res.bpd_stderr.tolist()
+    if not all(math.isfinite(v) for v in bpd):
+        raise FloatingPointError(f"repeat {r}, batch {j} (images {start}..{stop - 1}) gave a "
+                                 f"non-finite bits/dim {bpd}: not recorded")
+    rseed = repeat_seed(seed, r)
+    return [{"repeat": r, "image": start + i, "batch": j, "bpd": v,
+             "bpd_stderr": None if math.isnan(s) else s, "nfe": res.nfe, "eps": res.eps,
+             "method": res.method, "dequantize": res.dequantize, "seed": rseed, "key": key}
+            for i, (v, s) in enumerate(zip(bpd, stderr))]
+
+
+def _from_rank0(info, payload, what):
+    """Rank 0's `payload` on every rank (one broadcast; itself in a one-process run)."""
+    if not info.distributed:
+        return payload
+    import torch.distributed as dist
+    box = [payload]
+    with collective(info, what):
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather(info, payload, what):
+    """Every rank's `payload`, in rank order, on every rank."""
+    if not info.distributed:
+        return [payload]
+    import torch.distributed as dist
+    out = [None] * info.world_size
+    with collective(info, what):
+        dist.all_gather_object(out, payload)
+    return out
+
+
+class _Refused(RuntimeError):
+    """Rank 0 refused the work (its own error names the reason); the other ranks stop too."""
 
 
 def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed, key,
                    num_batches=None, repeats=1, device="cpu", progress=True, fresh=False,
-                   log=print, **kwargs):
-    """Bits/dim of `dataset` (items (image [C, H, W] in [0, 1], label)) in batches, each recorded
-    in `out` under `key` as it finishes; batches already in `out` with that key are skipped.
-    `data_range` is where the data scaler sends [0, 1]. Other keywords go to
-    `bits_per_dim_details` (levels, method, dequantize, and the ODE's estimator, n_probes, rtol,
-    atol or the bound's n_samples, importance_sampling; eps). A non-finite bits/dim is an error,
-    never a record. Reused records are announced through `log`; the progress bar counts images
-    (with an ETA). Returns the summary dict."""
+                   log=print, dist=None, num_images=None, **kwargs):
+    """Bits/dim of `dataset` (items (image [C, H, W] in [0, 1], label)): `repeats` passes in
+    batches of `batch_size` over its first `num_images` images (default all; the first
+    `num_batches` batches over all passes, if given), each
+    image of each pass recorded in `out` under `key` (module docstring); batches whose images
+    are all in `out` with that key are skipped. `dist`: the `training.distributed.DistInfo` of
+    a torchrun run (default one process); rank 0 alone locks the folder and writes, every rank
+    computes its share and returns the same summary. `data_range` is where the data scaler sends
+    [0, 1]. Other keywords go to `bits_per_dim_details` (levels, method, dequantize, and the
+    ODE's estimator, n_probes, rtol, atol or the bound's n_samples, importance_sampling; eps). A
+    non-finite bits/dim is an error, never a record. Reused records are announced through `log`
+    (rank 0), and so is the count computed by this run; rank 0's progress bar counts (image,
+    repeat) values over all ranks, with an ETA. Returns the summary dict (`summarize`)."""
     from tqdm import tqdm
+    info = dist if dist is not None else DistInfo()
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if len(dataset) == 0:
         raise ValueError("the dataset split is empty: no images to evaluate")
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be positive, got {num_batches}")
-    lo, hi = data_range
-    per_pass = math.ceil(len(dataset) / batch_size)
-    total = per_pass * repeats if num_batches is None else min(num_batches, per_pass * repeats)
+    if int(repeats) != repeats or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats}")
+    if num_images is not None and (int(num_images) != num_images or num_images < 1):
+        raise ValueError(f"num_images must be a positive integer, got {num_images}")
+    n = len(dataset) if num_images is None else min(int(num_images), len(dataset))
+    plan = plan_batches(n, int(batch_size), int(repeats), num_batches)
     folder = os.path.dirname(os.path.abspath(out))
-    with WorkdirLock(folder, what=f"bits/dim records {os.path.basename(out)}"):
-        records = {} if fresh else read_records(out, key)
-        if fresh and os.path.exists(out):
-            write_jsonl(out, [])
-        todo = [b for b in range(total) if b not in records]
-
-        def size(b):
-            start = (b % per_pass) * batch_size
-            return min(start + batch_size, len(dataset)) - start
-
-        done = sum(size(b) for b in range(total) if b in records)
-        if done:
-            log(f"bits/dim: reusing {total - len(todo)} batch(es) ({done} images) recorded in "
-                f"{out} for the same checkpoint, config and settings")
-        bar = tqdm(total=done + sum(size(b) for b in todo), initial=done,
-                   disable=not progress, unit="image", desc="bits/dim", smoothing=0.3)
-        for b in todo:
-            start = (b % per_pass) * batch_size
-            stop = min(start + batch_size, len(dataset))
-            images, _ = get_images(dataset, torch.arange(start, stop))
-            images = (lo + (hi - lo) * images).to(device)
-            t0 = time.time()
-            res = bits_per_dim_details(score_fn, sde, images, data_range=data_range,
-                                       generator=batch_generator(seed, b), **kwargs)
-            bpd = res.bpd.tolist()
-            if not all(math.isfinite(v) for v in bpd):
-                raise FloatingPointError(f"batch {b} (images {start}..{stop - 1}) gave a "
-                                         f"non-finite bits/dim {bpd}: not recorded")
-            stderr = res.bpd_stderr.tolist()
-            records[b] = {"batch": b, "start": start, "stop": stop, "bpd": bpd,
-                          "method": res.method, "dequantize": res.dequantize,
-                          "bpd_stderr": [None if math.isnan(s) else s for s in stderr],
-                          "nfe": res.nfe, "eps": res.eps, "seconds": time.time() - t0,
-                          "key": key}
-            write_jsonl(out, [records[i] for i in sorted(records)])
-            bar.update(stop - start)
-            bar.set_postfix(bpd=f"{summarize(records)['bpd']:.4f}")
+    lock, records, payload = None, {}, None
+    try:
+        if info.is_main:
+            try:
+                lock = WorkdirLock(folder, what=f"bits/dim records {os.path.basename(out)}")
+                lock.acquire()
+                remove_stale_temps(folder)
+                records = {} if fresh else read_records(out, key)
+                if fresh and os.path.exists(out):
+                    write_jsonl(out, [])
+                payload = ("ok", [b for b in plan if any(
+                    (b[0], i) not in records for i in range(b[2], b[3]))])
+            except Exception as e:
+                _from_rank0(info, ("error", f"{type(e).__name__}: {e}"), "the bits/dim plan")
+                raise
+        payload = _from_rank0(info, payload, "the bits/dim plan")
+        if payload[0] == "error":
+            raise _Refused(f"rank 0 refused the bits/dim work: {payload[1]}")
+        todo = payload[1]
+        total = sum(b[3] - b[2] for b in plan)
+        done = total - sum(b[3] - b[2] for b in todo)
+        if done and info.is_main:
+            log(f"bits/dim: reusing {len(plan) - len(todo)} batch(es) ({done} images) recorded "
+                f"in {out} for the same checkpoint, config and settings")
+        bar = tqdm(total=total, initial=done, disable=not (progress and info.is_main),
+                   unit="image", desc="bits/dim", smoothing=0.3)
+        computed = 0
+        W = info.world_size
+        for first in range(0, len(todo), W):
+            mine = todo[first + info.rank] if first + info.rank < len(todo) else None
+            result, failure = None, None
+            if mine is not None:
+                try:
+                    result = ("ok", _batch_records(score_fn, sde, dataset, mine,
+                                                   data_range=data_range, seed=seed, key=key,
+                                                   device=device, kwargs=kwargs))
+                except Exception as e:  # every rank learns of it after the round, then stops
+                    failure, result = e, ("error", f"rank {info.rank}: {type(e).__name__}: {e}")
+            results = _gather(info, result, "gathering the bits/dim records")
+            for res in results:
+                if res is not None and res[0] == "ok":
+                    computed += len(res[1])
+                    for rec in res[1]:
+                        records.setdefault((rec["repeat"], rec["image"]), rec)
+                    bar.update(len(res[1]))
+            if info.is_main:
+                write_jsonl(out, [records[k] for k in sorted(records)])
+                bar.set_postfix(bpd=f"{summarize(records)['bpd']:.4f}")
+            errors = [res[1] for res in results if res is not None and res[0] == "error"]
+            if failure is not None:
+                raise failure
+            if errors:
+                raise RuntimeError(f"bits/dim stopped: {'; '.join(errors)}")
         bar.close()
-    return summarize({b: r for b, r in records.items() if b < total})
+        summary = None
+        if info.is_main:
+            if computed or not todo:
+                log(f"bits/dim: computed {computed} images in {len(todo)} batch(es) on {W} "
+                    f"process(es)")
+            wanted = {(b[0], i) for b in plan for i in range(b[2], b[3])}
+            summary = summarize({k: v for k, v in records.items() if k in wanted})
+        return _from_rank0(info, summary, "the bits/dim summary")
+    finally:
+        if lock is not None:
+            lock.release()

@@ -13,7 +13,8 @@ Modules: `ode` (log_likelihood: the change-of-variables integral, per-sample err
 `divergence` (Hutchinson-Skilling and exact divergence), `bound` (the variational bound, Monte
 Carlo over t and the noise), `importance` (t with density g^2 / sigma^2, for the bound and for
 training), `bpd` (uniform and truncated-normal dequantization, their derived offsets, bits/dim),
-`evaluate` (``python -m likelihood.evaluate``: bits/dim of a dataset split, resumable).
+`draws` (one generator, or one per image), `evaluate` (``python -m likelihood.evaluate``: bits/dim
+of a dataset split, resumable).
 """
 
 from likelihood.bound import BoundResult, bound

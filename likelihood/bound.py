@@ -51,6 +51,7 @@ import math
 
 import torch
 
+from likelihood.draws import draw
 from likelihood.importance import ImportanceTime, g2_over_sigma2, noise_to_signal
 from sde_lib.sdes import expand_to
 
@@ -80,8 +81,9 @@ class BoundResult:
 
 
 def _normal(shape, generator, like):
-    dev = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=dev, dtype=like.dtype).to(like.device)
+    def sample(shape, g, device):
+        return torch.randn(shape, generator=g, device=device, dtype=like.dtype)
+    return draw(sample, shape, generator, like.device)
 
 
 def _check(score_fn, sde, x, n_samples, eps, control):
@@ -161,10 +163,10 @@ def bound(score_fn, sde, x, *, n_samples=32, importance_sampling=True, eps=None,
     # Stratified times: draw k of image b has u in [k / K, (k + 1) / K), so the K draws cover
     # [eps, T] evenly (most of the variance is over t); one uniform per (k, b) from `generator`.
     K = int(n_samples)
-    dev = generator.device if generator is not None else x.device
-    u = (torch.arange(K, dtype=torch.float64, device=dev)[:, None]
-         + torch.rand(K, B, generator=generator, device=dev, dtype=torch.float64)) / K
-    u = u.to(x.device)
+    def uniform(shape, g, device):
+        return torch.rand(shape, generator=g, device=device, dtype=torch.float64)
+    u = (torch.arange(K, dtype=torch.float64, device=x.device)[:, None]
+         + draw(uniform, (K, B), generator, x.device, batch_dim=1)) / K
     if proposal is not None:
         times = proposal.quantile(u.flatten()).reshape(K, B)
     else:

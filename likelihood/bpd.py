@@ -36,6 +36,7 @@ import warnings
 import torch
 
 from likelihood.bound import bound
+from likelihood.draws import draw
 from likelihood.importance import noise_to_signal
 from likelihood.ode import log_likelihood
 
@@ -81,16 +82,20 @@ def _levels_of(images, data_range, levels):
 
 
 def uniform_dequantization(images, data_range, bits=8, levels=None, generator=None):
-    """y = lo + (hi - lo) (k + u) / L, u ~ U[0, 1) drawn on the generator's device (then moved),
+    """y = lo + (hi - lo) (k + u) / L, u ~ U[0, 1) drawn on the generator's device (then moved;
+    a `RowGenerators` draws row b's noise from generator b, `likelihood.draws`),
     k the images' pixel levels; a ValueError if images lie off the L-level grid (by more than 1e-3
     of a level). Same dtype and device as images."""
     lo, hi = _check_range(data_range)
     L = pixel_levels(bits, levels)
     k = _check_levels(images, (lo, hi), L, "dequantized")
-    device = generator.device if generator is not None else images.device
-    u = torch.rand(images.shape, generator=generator, device=device, dtype=torch.float64)
-    y = lo + (hi - lo) * (k + u.to(images.device)) / L
+    u = draw(_uniform64, images.shape, generator, images.device)
+    y = lo + (hi - lo) * (k + u) / L
     return y.to(images.dtype)
+
+
+def _uniform64(shape, generator, device):
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
 
 
 def _check_levels(images, data_range, L, what):
@@ -144,7 +149,7 @@ def truncated_normal(shape, a, generator=None, device=None):
     """Draws of N(0, 1) truncated to [-a, a] (float64, on `device`), by the inverse CDF of one
     uniform per value drawn on the generator's device."""
     dev = generator.device if generator is not None else device
-    u = torch.rand(shape, generator=generator, device=dev, dtype=torch.float64)
+    u = draw(_uniform64, shape, generator, dev)
     lo_cdf = torch.special.ndtr(torch.tensor(-float(a), dtype=torch.float64, device=dev))
     e = torch.special.ndtri(lo_cdf + u * (1 - 2 * lo_cdf)).clamp(-a, a)
     return e.to(device if device is not None else dev)

@@ -12,6 +12,8 @@ the gradient of a batch sum, as in the original.
 
 import torch
 
+from likelihood.draws import draw
+
 ESTIMATORS = ("rademacher", "gaussian", "exact")
 
 
@@ -31,12 +33,14 @@ def draw_probes(n, x, kind="rademacher", generator=None):
     """n probes [n, *x.shape] (Rademacher +-1 or standard Gaussian) in x's dtype and device.
 
     They are drawn on the generator's device (x's device without one) and then moved, so a CPU
-    generator gives the same probes on every device."""
+    generator gives the same probes on every device; with a `RowGenerators`, sample b's probes
+    come from generator b (`likelihood.draws`)."""
     if kind not in ("rademacher", "gaussian"):
         raise ValueError(f"probe kind must be 'rademacher' or 'gaussian', got {kind!r}")
-    device = generator.device if generator is not None else x.device
-    v = random_projections((n,) + tuple(x.shape), kind, generator, device, x.dtype)
-    return v.to(x.device)
+    def sample(shape, g, device):
+        return random_projections(shape, kind, g, device, x.dtype)
+
+    return draw(sample, (n,) + tuple(x.shape), generator, x.device, batch_dim=1)
 
 
 def _output(fn, x, t):

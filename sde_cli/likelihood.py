@@ -8,12 +8,16 @@ Pixel levels, one rule for every command: --levels L (or --bits B: L = 2^B), els
 own number of pixel values (256 for 8-bit image data, 17 for DIGITS); data whose levels are
 unknown (float data) is an error that asks for --levels, never a guess.
 
-Records (one JSON line per batch) are keyed by the checkpoint's step and content digest, the
-config and every setting that changes the number; the default records file carries the key in
-its name, so another checkpoint or setting never reuses them.
+Records (one JSON line per image and repeat, `evaluation.bits_per_dim`) are keyed by the
+checkpoint's step and content digest, the config and every setting that changes the number; the
+default records file carries the key in its name, so another checkpoint or setting never reuses
+them. Under ``torchrun`` the split's batches are dealt to the ranks (no collective inside an ODE
+solve; the records are gathered to rank 0 after each round of batches), and rank 0 writes the
+records, the summary JSON and the one line printed. --repeats R makes R passes over the split
+with fresh dequantization noise (the original's test protocol uses 5), each pass's seed
+recorded; the standard error is over images of each image's mean over the repeats.
 """
 
-import math
 import os
 import time
 
@@ -40,9 +44,10 @@ def pixel_levels(args, dataset, config):
     return int(levels)
 
 
-def bits_per_dim(model, sde, config, args, device, split, out_dir, source):
+def bits_per_dim(model, sde, config, args, device, split, out_dir, source, *, dist=None):
     """Bits/dim of a split (resumable records in `out_dir`) as the flags say; returns the
-    summary with the settings and the records path."""
+    summary with the settings and the records path. `dist`: the `DistInfo` of a torchrun run
+    (the split's batches are dealt to the ranks, rank 0 writes; default one process)."""
     from configs import config_to_json
     from evaluation.bits_per_dim import evaluate_split, run_key, source_identity
     from networks import get_score_fn
@@ -73,14 +78,13 @@ def bits_per_dim(model, sde, config, args, device, split, out_dir, source):
     key = run_key(checkpoint=source_identity(source), config=config_to_json(config),
                   settings=settings)
     records = args.records or os.path.join(out_dir, f"bpd_{split}_{key}.jsonl")
-    num_batches = math.ceil(n / batch)
-    if args.num_batches is not None:
-        num_batches = min(num_batches, args.num_batches)
+    num_batches = args.num_batches  # over all repeats; None: every batch of every repeat
     summary = evaluate_split(score_fn, sde, ds, data_range=data_range, batch_size=batch,
                              out=records, seed=seed, key=key, num_batches=num_batches,
                              repeats=args.repeats, device=device, progress=args.progress,
                              fresh=args.fresh, levels=levels, method=method,
-                             dequantize=dequantize, eps=eps, **options)
+                             dequantize=dequantize, eps=eps, dist=dist, num_images=n,
+                             **options)
     return dict(summary, split=split, eps=eps, levels=levels, key=key, records=records,
                 settings=settings)
 
@@ -118,7 +122,8 @@ def add_likelihood_flags(parser):
     flag(g, "batch", aliases=("--batch-size", "--batch_size"), type=positive_int,
          help="images per batch (default config.eval.batch_size)")
     flag(g, "repeats", type=positive_int, default=1,
-         help="passes over the split with fresh noise (the original uses 5 for test)")
+         help="passes over the split with fresh dequantization noise, each pass's seed recorded "
+              "(the original uses 5 for test); a rerun with more repeats extends the records")
     flag(g, "estimator", default="rademacher", choices=ESTIMATORS,
          help=f"divergence estimator, one of: {', '.join(ESTIMATORS)}")
     flag(g, "n-probes", type=positive_int, default=1,
@@ -165,16 +170,26 @@ def main(argv=None):
          "variational bound), resumable: <out>/bpd_<split>_<key>.jsonl records and .json summary.",
          add_arguments)
 def run(args):
+    from training.distributed import cleanup_distributed, init_distributed
     args = _fix(args)
     source, config, model, sde, device = load_score_model(args)
     out_dir = _out_dir(args, source)
-    t0 = time.time()
-    res = bits_per_dim(model, sde, config, args, device, args.split, out_dir, source)
-    res.update(checkpoint=source, seconds=time.time() - t0,
+    info = init_distributed(device="cuda" if device.type == "cuda" else str(device))
+    try:
+        model = model.to(info.device)
+        t0 = time.time()
+        res = bits_per_dim(model, sde, config, args, info.device, args.split, out_dir, source,
+                           dist=info)
+    finally:
+        cleanup_distributed()
+    if not info.is_main:
+        return 0
+    res.update(checkpoint=source, seconds=time.time() - t0, processes=info.world_size,
                sde=str(config.training.sde))
     path = write_json(os.path.splitext(res["records"])[0] + ".json", res)
     what = "upper bound" if res["settings"]["method"] == "bound" else "probability-flow ODE"
     print(f"bits/dim ({what}, {res['settings']['dequantize']} dequantization) on "
-          f"{res['num_images']} {args.split} images: {res['bpd']:.4f} +- {res['bpd_stderr']:.4f} "
-          f"(standard error; eps {res['eps']:g}; {path})")
+          f"{res['num_images']} {args.split} images x {res['repeats']} repeat(s): "
+          f"{res['bpd']:.4f} +- {res['bpd_stderr']:.4f} (standard error over images of each "
+          f"image's mean over the repeats; eps {res['eps']:g}; {path})")
     return 0

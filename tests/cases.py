@@ -57,3 +57,21 @@ def likelihood_mixture(D, shape, seed=1):
     weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
     means = 0.3 * torch.randn(3, D, generator=g, dtype=torch.float64)
     return oracle.gaussian_mixture(means - weights @ means, covs, weights, event_shape=shape)
+
+
+def counting_gaussian_score(mean, var, shape):
+    """(score_fn, VP SDE): the exact score of N(mean, var I) on images of `shape` under the VP
+    SDE, counting its calls in `score_fn.calls` (the bits/dim tests' model)."""
+    import math
+    from sde_lib import VPSDE, oracle
+    sde = VPSDE()
+    D = math.prod(shape)
+    p = oracle.gaussian(torch.full((D,), float(mean), dtype=torch.float64), float(var),
+                        event_shape=shape).marginal(sde)
+
+    def fn(x, t):
+        fn.calls += 1
+        return p.score(x, t)
+
+    fn.calls = 0
+    return fn, sde

@@ -1,5 +1,5 @@
 """Bits/dim of a dataset split with resumable records (`evaluation.bits_per_dim`), on the bundled
-digits with an exact-score oracle as the "model": batching, per-batch seeds, resuming, records
+digits with an exact-score oracle as the "model": batching, per-image seeds, resuming, records
 keyed by the work that produced them, one writer per file, non-finite numbers refused."""
 
 import json
@@ -11,8 +11,8 @@ import pytest
 import torch
 from ml_collections import ConfigDict
 
+from cases import counting_gaussian_score
 from evaluation.bits_per_dim import RecordsMismatch, evaluate_split, run_key, source_identity
-from sde_lib import VPSDE, oracle
 from sde_base.fileio import WorkdirLock
 from training.data import load_dataset
 
@@ -29,15 +29,7 @@ def digits():
 @pytest.fixture
 def score():
     """The exact score of a Gaussian on [0, 1]^64 under the VP SDE, counting its calls."""
-    sde = VPSDE()
-    p = oracle.gaussian(torch.full((64,), 0.3), 0.1, event_shape=(1, 8, 8)).marginal(sde)
-
-    def fn(x, t):
-        fn.calls += 1
-        return p.score(x, t)
-
-    fn.calls = 0
-    return fn, sde
+    return counting_gaussian_score(0.3, 0.1, (1, 8, 8))
 
 
 def lines(path):
@@ -49,26 +41,31 @@ def test_records_resume_and_are_keyed(tmp_path, score):
     ds, out = digits(), tmp_path / "bpd.jsonl"
     first_summary = evaluate_split(fn, sde, ds, out=str(out), key="k1", num_batches=2,
                                    **SETTINGS)
-    first = lines(out)
-    assert [r["batch"] for r in first] == [0, 1] and all(len(r["bpd"]) == 3 for r in first)
+    first = lines(out)  # one record per image, in (repeat, image) order
+    assert [(r["repeat"], r["image"], r["batch"]) for r in first] == \
+        [(0, i, i // 3) for i in range(6)]
     assert all(r["key"] == "k1" and r["nfe"] > 0 and r["eps"] == 1e-5 for r in first)
-    bpd = torch.tensor([v for r in first for v in r["bpd"]], dtype=torch.float64)
+    bpd = torch.tensor([r["bpd"] for r in first], dtype=torch.float64)
     assert first_summary["num_images"] == 6
     assert first_summary["bpd"] == pytest.approx(bpd.mean().item())
     assert first_summary["bpd_stderr"] == pytest.approx(bpd.std().item() / math.sqrt(6))
     assert 0 < first_summary["bpd"] < 12
 
-    # Resume: the recorded batches are kept as they are, only batch 2 is computed.
+    # Resume: the recorded images are kept as they are, only batch 2 is computed.
     calls = fn.calls
     evaluate_split(fn, sde, ds, out=str(out), key="k1", num_batches=3, **SETTINGS)
     second = lines(out)
-    assert second[:2] == first and second[2]["batch"] == 2 and second[2]["start"] == 6
+    assert second[:6] == first and [r["image"] for r in second[6:]] == [6, 7, 8]
     assert fn.calls > calls
 
-    # The per-batch seed makes a recomputed batch identical.
-    out.write_text("".join(json.dumps(r) + "\n" for r in [second[0], second[2]]))
+    # Per-image seeds make a recomputed batch identical.
+    out.write_text("".join(json.dumps(r) + "\n" for r in second[:3] + second[6:]))
+    calls = fn.calls
     evaluate_split(fn, sde, ds, out=str(out), key="k1", num_batches=3, **SETTINGS)
-    assert lines(out)[1]["bpd"] == first[1]["bpd"]
+    assert lines(out) == second and fn.calls > calls
+    calls = fn.calls  # nothing left to do: no evaluation at all
+    evaluate_split(fn, sde, ds, out=str(out), key="k1", num_batches=3, **SETTINGS)
+    assert fn.calls == calls
 
     # Records of other work (another key) are never reused: refused, file untouched ...
     before = out.read_text()
@@ -77,7 +74,11 @@ def test_records_resume_and_are_keyed(tmp_path, score):
     assert out.read_text() == before
     # ... unless replaced on purpose.
     evaluate_split(fn, sde, ds, out=str(out), key="k2", num_batches=1, fresh=True, **SETTINGS)
-    assert [r["key"] for r in lines(out)] == ["k2"]
+    assert [r["key"] for r in lines(out)] == ["k2"] * 3
+    # Per-batch records of the older format are refused too, never misread.
+    out.write_text(json.dumps({"batch": 0, "bpd": [1.0, 2.0], "key": "k2"}) + "\n")
+    with pytest.raises(RecordsMismatch, match="older format"):
+        evaluate_split(fn, sde, ds, out=str(out), key="k2", num_batches=1, **SETTINGS)
 
 
 def test_the_key_follows_the_checkpoint_contents_not_its_name(tmp_path):
@@ -149,7 +150,7 @@ def test_one_writer_per_records_folder(tmp_path, score):
         holder.join(30)
     evaluate_split(fn, sde, digits(), out=str(tmp_path / "conc.jsonl"), key="k", num_batches=1,
                    **SETTINGS)
-    assert len(lines(tmp_path / "conc.jsonl")) == 1
+    assert len(lines(tmp_path / "conc.jsonl")) == 3
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
@@ -166,7 +167,7 @@ def test_bound_records_are_keyed_and_bound_the_ode(tmp_path, score):
                          num_batches=2, method="bound", n_samples=16, **settings)
     assert fn.calls - calls == 2 * 16  # one call per draw per batch
     recs = lines(tmp_path / "bound.jsonl")
-    assert all(r["method"] == "bound" and r["dequantize"] == "uniform" and r["nfe"] == 16
-               for r in recs)
+    assert len(recs) == 6 and all(r["method"] == "bound" and r["dequantize"] == "uniform"
+                                  and r["nfe"] == 16 for r in recs)
     # An upper bound on the model's NLL: not below the ODE's estimate beyond the noise.
     assert bnd["bpd"] > ode["bpd"] - 3 * math.hypot(bnd["bpd_stderr"], ode["bpd_stderr"])

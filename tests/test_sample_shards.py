@@ -3,58 +3,24 @@ the same on 1 and 2 gloo processes, after a SIGKILL of a rank, and refused when 
 differs. Each process runs one thread on a tiny built-in model."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from distributed_runs import kill_rank_when, no_temp_files, run, start
 from evaluation.shards import ShardError, parse_seeds, read_shards
 from sde_cli.app import main as cli
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SCORE_SDE_DIST_TIMEOUT="10")
 SEEDS = ["--seeds", "0-63", "--shard-size", "16", "--steps", "3", "--no-progress"]
 NFE = 2 * 3  # PC with one corrector step: two score evaluations per step
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(argv, world=1):
-    """`python -m sde_lib.run sample ARGV` on `world` processes (the environment torchrun
-    sets: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)."""
-    port, procs = str(_free_port()), []
-    for rank in range(world):
-        env = dict(ENV, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        procs.append(subprocess.Popen([sys.executable, "-m", "sde_lib.run", "sample", *argv],
-                                      cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    return procs
-
-
-def _finish(procs, timeout=120):
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=timeout)
-        outs.append((p.returncode, out, err))
-    return outs
+    return start(["sample", *argv], world)
 
 
 def _run(argv, world=1):
-    outs = _finish(_start(argv, world))
-    for code, out, err in outs:
-        assert code == 0, (out + err)[-3000:]
-    return [out for _, out, _ in outs]
+    return run(["sample", *argv], world)
 
 
 def _evaluations(out):
@@ -62,11 +28,6 @@ def _evaluations(out):
     line = next(s for s in out.splitlines() if s.startswith("rank "))
     words = line.split()
     return int(words[2]), int(words[words.index("score") - 1].rstrip(","))
-
-
-def _no_temp_files(folder):
-    left = [n for n in os.listdir(folder) if n.endswith(".tmp")]
-    assert not left, left
 
 
 @pytest.fixture(scope="module")
@@ -107,32 +68,21 @@ def test_two_processes_give_the_images_of_one(checkpoint, one_process, tmp_path)
     got, _ = read_shards(other)
     diff = np.abs(got.astype(int) - samples.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() <= 0.01
-    _no_temp_files(same)
+    no_temp_files(same)
 
 
 def test_a_killed_rank_loses_only_its_unfinished_shard(checkpoint, one_process, tmp_path):
     folder = tmp_path / "killed"
     argv = ["--checkpoint", str(checkpoint), *SEEDS, "--sample-batch", "8", "--out", str(folder)]
-    procs = _start(argv, world=2)
-    try:
-        first_of_rank_0 = folder / "seeds_000000-000015.npz"  # rank 0: shards 0, 2; rank 1: 1, 3
-        deadline = time.monotonic() + 120
-        while not first_of_rank_0.exists() and time.monotonic() < deadline:
-            assert procs[1].poll() is None, procs[1].communicate()
-            time.sleep(0.02)
-        procs[1].send_signal(signal.SIGKILL)  # rank 1 is inside one of its shards
-        code, out, _ = _finish(procs[:1])[0]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+    first_of_rank_0 = folder / "seeds_000000-000015.npz"  # rank 0: shards 0, 2; rank 1: 1, 3
+    # rank 1 is killed inside one of its shards
+    ((code, out, _),) = kill_rank_when(_start(argv, world=2), first_of_rank_0.exists)
     assert code == 1 and "rerun to finish" in out
     kept = sorted(folder.glob("seeds_*.npz"))
     assert len(kept) < 4 and not (folder / "seeds_000048-000063.npz").exists()
     for path in kept:  # no partial shard: each holds its 16 seeds
         assert len(np.load(path)["seeds"]) == 16
-    _no_temp_files(folder)
+    no_temp_files(folder)
     outs = _run(argv, world=2)
     todo = 64 - 16 * len(kept)
     assert f"{64 - todo} done, {todo} to sample" in outs[0]
@@ -140,7 +90,7 @@ def test_a_killed_rank_loses_only_its_unfinished_shard(checkpoint, one_process, 
     assert sum(images) == todo and sum(evaluations) == (todo // 8) * NFE  # only what was lost
     got, got_seeds = read_shards(folder)
     assert np.array_equal(got, one_process[0]) and np.array_equal(got_seeds, one_process[1])
-    _no_temp_files(folder)
+    no_temp_files(folder)
 
 
 def test_provenance_mismatch_is_refused_naming_what_differs(checkpoint, tmp_path, capsys):
