@@ -12,13 +12,17 @@ number depends on its batch-mates within the solver's tolerance; the batch size 
 part of the key, batches are fixed ranges [j B, (j + 1) B) of the split, and with the same batch
 size 1 or K processes give bitwise the same records.
 
-Distribution (under torchrun): the batches still to do, in (repeat, batch) order, are dealt to
-the ranks in rounds, one batch per rank per round; each rank solves its own batch with no
-collective inside the solve (an adaptive solve takes a different number of steps on each rank),
-and after each round the finished batches are gathered to rank 0, the one writer: it holds the
-folder's lock (`sde_base.fileio.WorkdirLock`; dead writers' temporary files are removed under
-it) and rewrites the records file atomically. A killed run loses at most the batches of its
-unfinished round.
+Distribution (under torchrun): rank 0 locks the folder, reads the records and broadcasts the
+batches still to do (in (repeat, batch) order); batch i goes to rank i mod world size. Each rank
+solves its own batches with no collective at all while computing (an adaptive solve takes a
+different number of steps on each rank, and ranks finish at different times): a finished batch
+is handed to rank 0 through the process group's key-value store, and rank 0, the one writer
+(it holds the folder's lock, `sde_base.fileio.WorkdirLock`, under which dead writers'
+temporary files are removed), takes what has arrived after each of its own batches and rewrites
+the records file atomically. At the end rank 0 waits for the other ranks' last batches, and
+gives up when none has arrived for the collective timeout plus twice its own longest batch (a
+rank stalled or died). A killed rank loses its unfinished batch and the finished ones rank 0 had
+not yet taken; a killed rank 0 loses its own unfinished batch and what it had not yet written.
 
 Records: one JSON line per (repeat, image): bits/dim, its standard error over the probes, the
 batch's NFE, the repeat's seed and the key, the digest of the checkpoint's identity (its step and
@@ -38,13 +42,15 @@ import hashlib
 import json
 import math
 import os
+import time
+import uuid
 
 import torch
 
 from likelihood.bpd import bits_per_dim_details
 from sde_base.fileio import WorkdirLock, file_digest, remove_stale_temps, write_jsonl
 from solvers.seeding import RowGenerators
-from training.distributed import DistInfo, collective
+from training.distributed import DistInfo, DistributedTimeoutError, collective
 from training.pipeline import get_images, mix_seed
 
 STDERR_RULE = ("standard deviation over images of each image's mean over the repeats, divided "
@@ -195,15 +201,28 @@ def _from_rank0(info, payload, what):
     return box[0]
 
 
-def _gather(info, payload, what):
-    """Every rank's `payload`, in rank order, on every rank."""
-    if not info.distributed:
-        return [payload]
-    import torch.distributed as dist
-    out = [None] * info.world_size
-    with collective(info, what):
-        dist.all_gather_object(out, payload)
-    return out
+class _Handoff:
+    """Finished batches handed to rank 0 through the process group's key-value store, with no
+    collective: rank r sets `<prefix>/<i>` (JSON) for batch i of the plan; rank 0 takes
+    (reads and deletes) those that have arrived."""
+
+    def __init__(self, info, prefix):
+        self.store, self.prefix = None, prefix
+        if info.distributed:
+            import torch.distributed as dist
+            self.store = dist.distributed_c10d._get_default_store()
+
+    def put(self, i, payload):
+        self.store.set(f"{self.prefix}/{i}", json.dumps(payload))
+
+    def take(self, indices):
+        got = {}
+        for i in sorted(indices):
+            name = f"{self.prefix}/{i}"
+            if self.store.check([name]):
+                got[i] = json.loads(self.store.get(name))
+                self.store.delete_key(name)
+        return got
 
 
 class _Refused(RuntimeError):
@@ -219,7 +238,7 @@ def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed,
     image of each pass recorded in `out` under `key` (module docstring); batches whose images
     are all in `out` with that key are skipped. `dist`: the `training.distributed.DistInfo` of
     a torchrun run (default one process); rank 0 alone locks the folder and writes, every rank
-    computes its share and returns the same summary. `data_range` is where the data scaler sends
+    computes its share; rank 0 returns the summary, the other ranks None. `data_range` is where the data scaler sends
     [0, 1]. Other keywords go to `bits_per_dim_details` (levels, method, dequantize, and the
     ODE's estimator, n_probes, rtol, atol or the bound's n_samples, importance_sampling; eps). A
     non-finite bits/dim is an error, never a record. Reused records are announced through `log`
@@ -251,7 +270,8 @@ def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed,
                 if fresh and os.path.exists(out):
                     write_jsonl(out, [])
                 payload = ("ok", [b for b in plan if any(
-                    (b[0], i) not in records for i in range(b[2], b[3]))])
+                    (b[0], i) not in records for i in range(b[2], b[3]))],
+                    f"score_sde_bpd/{uuid.uuid4().hex}")
             except Exception as e:
                 _from_rank0(info, ("error", f"{type(e).__name__}: {e}"), "the bits/dim plan")
                 raise
@@ -266,42 +286,68 @@ def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed,
                 f"in {out} for the same checkpoint, config and settings")
         bar = tqdm(total=total, initial=done, disable=not (progress and info.is_main),
                    unit="image", desc="bits/dim", smoothing=0.3)
-        computed = 0
-        W = info.world_size
-        for first in range(0, len(todo), W):
-            mine = todo[first + info.rank] if first + info.rank < len(todo) else None
-            result, failure = None, None
-            if mine is not None:
-                try:
-                    result = ("ok", _batch_records(score_fn, sde, dataset, mine,
-                                                   data_range=data_range, seed=seed, key=key,
-                                                   device=device, kwargs=kwargs))
-                except Exception as e:  # every rank learns of it after the round, then stops
-                    failure, result = e, ("error", f"rank {info.rank}: {type(e).__name__}: {e}")
-            results = _gather(info, result, "gathering the bits/dim records")
-            for res in results:
-                if res is not None and res[0] == "ok":
-                    computed += len(res[1])
-                    for rec in res[1]:
-                        records.setdefault((rec["repeat"], rec["image"]), rec)
-                    bar.update(len(res[1]))
-            if info.is_main:
+        W, handoff = info.world_size, _Handoff(info, payload[2])
+        waiting = {i for i in range(len(todo)) if i % W} if info.is_main else set()
+        computed, slowest = 0, 0.0
+
+        def accept(results):  # rank 0: record what arrived, write the file, then raise errors
+            nonlocal computed
+            errors = []
+            for i, (status, body) in sorted(results.items()):
+                waiting.discard(i)
+                if status != "ok":
+                    errors.append(body)
+                    continue
+                for rec in body:
+                    records.setdefault((rec["repeat"], rec["image"]), rec)
+                computed += len(body)
+                bar.update(len(body))
+            if any(status == "ok" for status, _ in results.values()):
                 write_jsonl(out, [records[k] for k in sorted(records)])
                 bar.set_postfix(bpd=f"{summarize(records)['bpd']:.4f}")
-            errors = [res[1] for res in results if res is not None and res[0] == "error"]
-            if failure is not None:
-                raise failure
             if errors:
                 raise RuntimeError(f"bits/dim stopped: {'; '.join(errors)}")
+
+        for i in range(info.rank, len(todo), W):
+            t0 = time.monotonic()
+            try:
+                body = _batch_records(score_fn, sde, dataset, todo[i], data_range=data_range,
+                                      seed=seed, key=key, device=device, kwargs=kwargs)
+            except Exception as e:
+                if info.is_main:
+                    accept(handoff.take(waiting) if W > 1 else {})  # keep what others finished
+                else:
+                    handoff.put(i, ("error", f"rank {info.rank}: {type(e).__name__}: {e}"))
+                raise
+            slowest = max(slowest, time.monotonic() - t0)
+            if not info.is_main:
+                handoff.put(i, ("ok", body))
+                continue
+            results = handoff.take(waiting) if W > 1 else {}
+            results[i] = ("ok", body)
+            accept(results)
+        since = time.monotonic()
+        while waiting:  # rank 0: the other ranks' last batches
+            results = handoff.take(waiting)
+            if results:
+                accept(results)
+                since = time.monotonic()
+            elif time.monotonic() - since > info.timeout + 2 * slowest:
+                raise DistributedTimeoutError(
+                    f"bits/dim: {len(waiting)} batch(es) of other ranks did not arrive within "
+                    f"{info.timeout:g} s (the collective timeout) plus twice the longest batch "
+                    f"here ({slowest:.0f} s): a rank stalled or died. The finished batches are "
+                    f"recorded in {out}: rerun to finish")
+            else:
+                time.sleep(0.2)
         bar.close()
-        summary = None
-        if info.is_main:
-            if computed or not todo:
-                log(f"bits/dim: computed {computed} images in {len(todo)} batch(es) on {W} "
-                    f"process(es)")
-            wanted = {(b[0], i) for b in plan for i in range(b[2], b[3])}
-            summary = summarize({k: v for k, v in records.items() if k in wanted})
-        return _from_rank0(info, summary, "the bits/dim summary")
+        if not info.is_main:
+            return None
+        if computed or not todo:
+            log(f"bits/dim: computed {computed} images in {len(todo)} batch(es) on {W} "
+                f"process(es)")
+        wanted = {(b[0], i) for b in plan for i in range(b[2], b[3])}
+        return summarize({k: v for k, v in records.items() if k in wanted})
     finally:
         if lock is not None:
             lock.release()

@@ -11,8 +11,8 @@ unknown (float data) is an error that asks for --levels, never a guess.
 Records (one JSON line per image and repeat, `evaluation.bits_per_dim`) are keyed by the
 checkpoint's step and content digest, the config and every setting that changes the number; the
 default records file carries the key in its name, so another checkpoint or setting never reuses
-them. Under ``torchrun`` the split's batches are dealt to the ranks (no collective inside an ODE
-solve; the records are gathered to rank 0 after each round of batches), and rank 0 writes the
+them. Under ``torchrun`` the split's batches are dealt to the ranks (no collective while they
+compute; finished batches go to rank 0 through the process group's store), and rank 0 writes the
 records, the summary JSON and the one line printed. --repeats R makes R passes over the split
 with fresh dequantization noise (the original's test protocol uses 5), each pass's seed
 recorded; the standard error is over images of each image's mean over the repeats.
@@ -47,7 +47,8 @@ def pixel_levels(args, dataset, config):
 def bits_per_dim(model, sde, config, args, device, split, out_dir, source, *, dist=None):
     """Bits/dim of a split (resumable records in `out_dir`) as the flags say; returns the
     summary with the settings and the records path. `dist`: the `DistInfo` of a torchrun run
-    (the split's batches are dealt to the ranks, rank 0 writes; default one process)."""
+    (the split's batches are dealt to the ranks, rank 0 writes and alone gets the summary, the
+    other ranks None; default one process)."""
     from configs import config_to_json
     from evaluation.bits_per_dim import evaluate_split, run_key, source_identity
     from networks import get_score_fn
@@ -85,6 +86,8 @@ def bits_per_dim(model, sde, config, args, device, split, out_dir, source, *, di
                              fresh=args.fresh, levels=levels, method=method,
                              dequantize=dequantize, eps=eps, dist=dist, num_images=n,
                              **options)
+    if summary is None:  # another rank than 0 under torchrun
+        return None
     return dict(summary, split=split, eps=eps, levels=levels, key=key, records=records,
                 settings=settings)
 
@@ -182,7 +185,7 @@ def run(args):
                            dist=info)
     finally:
         cleanup_distributed()
-    if not info.is_main:
+    if res is None:  # not rank 0
         return 0
     res.update(checkpoint=source, seconds=time.time() - t0, processes=info.world_size,
                sde=str(config.training.sde))
