@@ -233,10 +233,10 @@ def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed,
                    num_batches=None, repeats=1, device="cpu", progress=True, fresh=False,
                    log=print, dist=None, num_images=None, **kwargs):
     """Bits/dim of `dataset` (items (image [C, H, W] in [0, 1], label)): `repeats` passes in
-    batches of `batch_size` over its first `num_images` images (default all; the first
-    `num_batches` batches over all passes, if given), each
-    image of each pass recorded in `out` under `key` (module docstring); batches whose images
-    are all in `out` with that key are skipped. `dist`: the `training.distributed.DistInfo` of
+    batches of `batch_size` over its first `num_images` images (default all; only the first
+    `num_batches` batches over all passes, if given), each image of each pass recorded in `out`
+    under `key` (module docstring); batches whose images are all in `out` with that key are
+    skipped. `dist`: the `training.distributed.DistInfo` of
     a torchrun run (default one process); rank 0 alone locks the folder and writes, every rank
     computes its share; rank 0 returns the summary, the other ranks None. `data_range` is where the data scaler sends
     [0, 1]. Other keywords go to `bits_per_dim_details` (levels, method, dequantize, and the
