@@ -3,11 +3,13 @@ the same on 1 and 2 gloo processes, after a SIGKILL of a rank, and refused when 
 differs. Each process runs one thread on a tiny built-in model."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from distributed_runs import kill_rank_when, no_temp_files, run, start
+from distributed_runs import ENV, REPO, free_port, kill_rank_when, no_temp_files, run, start
 from evaluation.shards import ShardError, parse_seeds, read_shards
 from sde_cli.app import main as cli
 
@@ -121,7 +123,7 @@ def test_accelerate_launch_gives_the_images_of_one_process(checkpoint, one_proce
     env = dict(ENV, HF_HOME=str(tmp_path / "hf"))  # no user accelerate config is read
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                        "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                         "-m", "sde_lib.run", "sample", "--checkpoint", str(checkpoint), *SEEDS,
                         "--sample-batch", "8", "--device", "cpu", "--out", str(out)],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
