@@ -143,6 +143,40 @@ def read_records(path, key):
     return records
 
 
+def summary_path(records_path):
+    """The summary JSON written beside a records file: <records without .jsonl>.json."""
+    return os.path.splitext(os.fspath(records_path))[0] + ".json"
+
+
+def check_replaceable(records_path, fresh):
+    """Refuse (ValueError) before any work to replace a file this toolkit did not write: with
+    `fresh`, an existing `records_path` must be a bits/dim records file (of any work); the
+    summary JSON beside it (`summary_path`), if there, must be a bits/dim summary."""
+    if fresh and os.path.exists(records_path):
+        try:
+            with open(records_path) as f:
+                for line in f:
+                    if line.strip():
+                        rec = json.loads(line)
+                        if not (isinstance(rec, dict) and "bpd" in rec and "key" in rec):
+                            raise ValueError("a line without 'bpd' and 'key'")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{records_path} is not a bits/dim records file ({e}); --fresh "
+                             f"replaces only records this toolkit wrote: choose another "
+                             f"records file") from None
+    summary = summary_path(records_path)
+    if os.path.lexists(summary):
+        try:
+            with open(summary) as f:
+                ours = {"bpd", "key", "records"} <= set(json.load(f))
+        except (ValueError, TypeError, UnicodeDecodeError, OSError):
+            ours = False
+        if not ours:
+            raise ValueError(f"{summary} exists and is not a bits/dim summary this toolkit "
+                             f"wrote; the summary of {os.path.basename(records_path)} would "
+                             f"replace it: choose another records file")
+
+
 def summarize(records):
     """The summary of per-image records {(repeat, image): record}: `bpd` the mean over every
     (image, repeat) value; `bpd_stderr` the standard deviation over images of each image's mean
@@ -266,6 +300,7 @@ def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed,
                 lock = WorkdirLock(folder, what=f"bits/dim records {os.path.basename(out)}")
                 lock.acquire()
                 remove_stale_temps(folder)
+                check_replaceable(out, fresh)
                 records = {} if fresh else read_records(out, key)
                 if fresh and os.path.exists(out):
                     write_jsonl(out, [])

@@ -173,6 +173,7 @@ def main(argv=None):
          "variational bound), resumable: <out>/bpd_<split>_<key>.jsonl records and .json summary.",
          add_arguments)
 def run(args):
+    from evaluation.bits_per_dim import summary_path
     from training.distributed import cleanup_distributed, init_distributed
     args = _fix(args)
     source, config, model, sde, device = load_score_model(args)
@@ -189,7 +190,7 @@ def run(args):
         return 0
     res.update(checkpoint=source, seconds=time.time() - t0, processes=info.world_size,
                sde=str(config.training.sde))
-    path = write_json(os.path.splitext(res["records"])[0] + ".json", res)
+    path = write_json(summary_path(res["records"]), res)
     what = "upper bound" if res["settings"]["method"] == "bound" else "probability-flow ODE"
     print(f"bits/dim ({what}, {res['settings']['dequantize']} dequantization) on "
           f"{res['num_images']} {args.split} images x {res['repeats']} repeat(s): "

@@ -171,3 +171,28 @@ def test_bound_records_are_keyed_and_bound_the_ode(tmp_path, score):
                                   and r["nfe"] == 16 for r in recs)
     # An upper bound on the model's NLL: not below the ODE's estimate beyond the noise.
     assert bnd["bpd"] > ode["bpd"] - 3 * math.hypot(bnd["bpd_stderr"], ode["bpd_stderr"])
+
+
+def test_files_the_toolkit_did_not_write_are_never_replaced(tmp_path, score):
+    """--fresh replaces only a records file; the summary JSON beside the records replaces only
+    a summary: both are refused before any evaluation, the files untouched."""
+    fn, sde = score
+    ds, out = digits(), tmp_path / "prec.jsonl"
+    notes = tmp_path / "prec.json"  # somebody's file that shares the records' stem
+    notes.write_text('{"precision": 0.93}')
+    with pytest.raises(ValueError, match="prec.json exists and is not a bits/dim summary"):
+        evaluate_split(fn, sde, ds, out=str(out), key="k1", num_batches=1, **SETTINGS)
+    assert notes.read_text() == '{"precision": 0.93}' and fn.calls == 0
+    notes.unlink()
+    out.write_text("name,score\nx,1\n")  # not records: refused with or without --fresh
+    for fresh in (False, True):
+        with pytest.raises(ValueError, match="not a bits/dim record"):
+            evaluate_split(fn, sde, ds, out=str(out), key="k1", num_batches=1, fresh=fresh,
+                           **SETTINGS)
+        assert out.read_text() == "name,score\nx,1\n" and fn.calls == 0
+    out.unlink()
+    evaluate_split(fn, sde, ds, out=str(out), key="k1", num_batches=1, **SETTINGS)
+    (tmp_path / "prec.json").write_text(json.dumps({"bpd": 1.0, "key": "k1",
+                                                     "records": str(out)}))
+    evaluate_split(fn, sde, ds, out=str(out), key="k2", num_batches=1, fresh=True, **SETTINGS)
+    assert [r["key"] for r in lines(out)] == ["k2"] * 3  # its own files are replaced
