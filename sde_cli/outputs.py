@@ -59,15 +59,15 @@ def free_stem(folder, stem):
     return unique_stem(folder, stem, SAMPLE_SUFFIXES)
 
 
-def check_name(text, flag="--stem"):
+def check_name(text, flag="--stem", where="outputs go into the output folder (--out)"):
     """A file-name stem given by the user: a plain name (no separator, not '.' or '..', no
-    leading '.'), so every output lands in the locked output folder."""
+    leading '.'), so every output lands in the locked output folder (`where` says which)."""
     text = str(text)
     seps = [os.sep] + ([os.altsep] if os.altsep else []) + ["/", "\\"]
     if (not text or text in (".", "..") or text.startswith(".") or "\0" in text
             or any(sep in text for sep in seps)):
         raise CLIError(f"{flag} {text!r} is not a plain file name (no path separators, no "
-                       f"leading '.'); outputs go into the output folder (--out)")
+                       f"leading '.'); {where}")
     return text
 
 

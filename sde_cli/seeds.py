@@ -76,9 +76,8 @@ def default_folder(args, source, used, output_folder):
 
 def run(args, load_score_model, output_folder):
     """The --seeds path of `sample`, with its model loader and folder rule."""
-    from evaluation.bits_per_dim import source_identity
-    from evaluation.shards import ShardError, parse_seeds, prepare_folder, run_shards
-    from training.distributed import cleanup_distributed, collective, init_distributed
+    from evaluation.shards import ShardError, parse_seeds
+    from training.distributed import cleanup_distributed, init_distributed
     try:
         seeds = parse_seeds(args.seeds)
     except ShardError as e:
@@ -99,29 +98,10 @@ def run(args, load_score_model, output_folder):
     info = init_distributed(device="cuda" if device.type == "cuda" else str(device))
     try:
         model = model.to(info.device)
-        cfg = json.loads(config.to_json_best_effort())
-        cfg.pop("seed", None)
-        cfg.pop("device", None)
-        provenance = {"checkpoint": source_identity(source), "config": cfg, "sampler": used,
-                      "image_shape": [H, H, C], "shard_size": shard_size,
-                      "toolkit": toolkit_version(),
-                      "each_image": "a function of its seed alone" if batch_note is None else
-                      f"a function of its seed and --sample-batch: {batch_note}"}
-        if batch_note is not None:
-            provenance["sample_batch"] = batch
-        todo, shards, moved = _plan(info, folder, provenance, seeds, shard_size, args,
-                                    prepare_folder, collective)
-        if info.is_main:
-            done = len(seeds) - sum(len(s.todo) for s in todo)
-            print(f"{len(seeds)} seeds in {len(shards)} shards of {folder}: {done} done, "
-                  f"{len(seeds) - done} to sample on {info.world_size} process(es)"
-                  + (f"; the old set moved to {moved}" if moved else ""))
-        t0 = time.time()
-        result = run_shards(_image_maker(model, sde, config, info.device, overrides), folder,
-                            todo, info, batch=batch, progress=args.progress)
-        seconds = time.time() - t0
-        print(f"rank {info.rank}: {result['images']} images in {result['shards']} shards, "
-              f"{result['evaluations']} score evaluations, {seconds:.1f}s")
+        provenance = sample_provenance(source, config, used, batch_note, batch, shard_size)
+        result = sample_seed_set(model, sde, config, overrides, folder, seeds, provenance, info,
+                                 batch=batch, shard_size=shard_size, fresh=args.fresh,
+                                 progress=args.progress, lock_holder=args)
         if info.is_main:
             if result["global_done"] < result["total"]:
                 print(f"{result['total'] - result['global_done']} images of other ranks are not "
@@ -135,16 +115,59 @@ def run(args, load_score_model, output_folder):
     return 0
 
 
-def _plan(info, folder, provenance, seeds, shard_size, args, prepare_folder, collective):
+def sample_provenance(source, config, used, batch_note, batch, shard_size,
+                      drop=("seed", "device")):
+    """What a seeded sample set is a function of (the manifest's provenance): the checkpoint's
+    identity, the config (less the sections `drop`, which do not change the images), every
+    sampling option, the image shape and shard size, the toolkit version; the batch size too
+    when it couples a batch's images."""
+    from evaluation.bits_per_dim import source_identity
+    C, H = int(config.data.num_channels), int(config.data.image_size)
+    cfg = json.loads(config.to_json_best_effort())
+    for name in drop:
+        cfg.pop(name, None)
+    provenance = {"checkpoint": source_identity(source), "config": cfg, "sampler": used,
+                  "image_shape": [H, H, C], "shard_size": shard_size,
+                  "toolkit": toolkit_version(),
+                  "each_image": "a function of its seed alone" if batch_note is None else
+                  f"a function of its seed and --sample-batch: {batch_note}"}
+    if batch_note is not None:
+        provenance["sample_batch"] = batch
+    return provenance
+
+
+def sample_seed_set(model, sde, config, overrides, folder, seeds, provenance, info, *, batch,
+                    shard_size, fresh, progress, lock_holder):
+    """Sample the `seeds` no shard of `folder` holds yet, on every rank of `info` (rank 0 locks
+    the folder, keeping the lock on `lock_holder.lock`, checks the manifest and deals the
+    shards). Returns `evaluation.shards.run_shards`' counts of this rank."""
+    from evaluation.shards import prepare_folder, run_shards
+    from training.distributed import collective
+    todo, shards, moved = _plan(info, folder, provenance, seeds, shard_size, fresh, lock_holder,
+                                prepare_folder, collective)
+    if info.is_main:
+        done = len(seeds) - sum(len(s.todo) for s in todo)
+        print(f"{len(seeds)} seeds in {len(shards)} shards of {folder}: {done} done, "
+              f"{len(seeds) - done} to sample on {info.world_size} process(es)"
+              + (f"; the old set moved to {moved}" if moved else ""))
+    t0 = time.time()
+    result = run_shards(_image_maker(model, sde, config, info.device, overrides), folder,
+                        todo, info, batch=batch, progress=progress)
+    print(f"rank {info.rank}: {result['images']} images in {result['shards']} shards, "
+          f"{result['evaluations']} score evaluations, {time.time() - t0:.1f}s")
+    return result
+
+
+def _plan(info, folder, provenance, seeds, shard_size, fresh, lock_holder, prepare_folder,
+          collective):
     """Rank 0 locks the folder, checks the manifest and plans; every rank gets the plan (or
     rank 0's error) by one broadcast."""
     from evaluation.shards import ShardError
     payload = None
     if info.is_main:
         try:
-            args.lock = workdir_lock(folder, what="sde_lib.run sample --seeds")
-            payload = ("ok", prepare_folder(folder, provenance, seeds, shard_size,
-                                            fresh=args.fresh))
+            lock_holder.lock = workdir_lock(folder, what="sde_lib.run sample --seeds")
+            payload = ("ok", prepare_folder(folder, provenance, seeds, shard_size, fresh=fresh))
         except (CLIError, ShardError, OSError) as e:
             payload = ("error", str(e))
     if info.distributed:
