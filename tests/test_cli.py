@@ -470,10 +470,10 @@ def test_eval_reports_the_test_loss_and_keeps_the_two_eps_apart(trained, capsys)
     assert code == 0
     out = capsys.readouterr().out
     assert out.count("threads:") == 1  # one rule, one line, for both checkpoints
-    reports = sorted((trained / "eval").glob("report_ckpt_*.json"))
-    report = json.loads(reports[-1].read_text())
-    assert np.isfinite(report["eval_loss"]) and np.isfinite(report["bpd"])
-    assert report["bpd_eps"] == 1e-5  # the likelihood's own default, not --sample-eps
+    rows = json.loads((trained / "eval" / "sweep.json").read_text())["checkpoints"]
+    assert np.isfinite(rows[-1]["loss"]) and np.isfinite(rows[-1]["bpd"])
+    # the likelihood's own default, not --sample-eps
+    assert rows[-1]["results"]["bpd"]["eps"] == 1e-5
 
 
 def test_likelihood_is_recomputed_after_more_training(tmp_path, capsys):
@@ -657,15 +657,15 @@ def test_eval_bits_per_dim_follow_a_rewritten_checkpoint(tmp_path, capsys):
     evaluate = ["eval", "--workdir", str(workdir), "--num-images", "2", "--batch", "2",
                 "--rtol", "1e-2", "--atol", "1e-2", "--config.eval.enable_bpd=True",
                 "--no-progress"]
-    report = workdir / "eval" / "report_ckpt_1.json"
+    summary = workdir / "eval" / "sweep.json"
     assert cli(["train", *base]) == 0 and cli(evaluate) == 0
-    first = json.loads(report.read_text())["bpd"]
+    first = json.loads(summary.read_text())["checkpoints"][0]["bpd"]
     other = tmp_path / "other"
     assert cli(["train", *base, "--workdir", str(other), "--seed", "7"]) == 0
     shutil.copyfile(other / "checkpoints" / "checkpoint_1.pth",
                     workdir / "checkpoints" / "checkpoint_1.pth")  # same name, other weights
     assert cli(evaluate) == 0
-    second = json.loads(report.read_text())["bpd"]
+    second = json.loads(summary.read_text())["checkpoints"][0]["bpd"]
     assert second != first
     assert len(list((workdir / "eval").glob("bpd_test_*.jsonl"))) == 2
 
