@@ -177,18 +177,13 @@ def provenance_differences(old, new):
 
 
 def read_manifest(folder):
+    from sde_base.fileio import read_json
     path = os.path.join(folder, MANIFEST)
-    if not os.path.exists(path):
-        return None
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ShardError(f"{path} is unreadable ({e}); move it aside or rerun with --fresh")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ShardError(f"{path} is not a manifest of sample shards (format {FORMAT!r}); use "
-                         f"another folder")
-    return manifest
+        return read_json(path, FORMAT, "a manifest of sample shards")
+    except ValueError as e:
+        raise ShardError(f"{e}; move it aside, use another folder or rerun with --fresh") \
+            from None
 
 
 def move_aside(folder):

@@ -16,7 +16,7 @@ import math
 import os
 
 from evaluation.bits_per_dim import run_key
-from sde_base.fileio import write_json
+from sde_base.fileio import read_json, write_json
 
 STAGES = ("loss", "bpd", "fid")
 FORMAT = "score-sde-toolkit eval record, version 1"
@@ -58,15 +58,11 @@ def read_record(folder, stage, key):
     """The record of `stage` under `key` in `folder`, or None when there is none. A file in its
     place that is not that record is a RecordError naming it (it is never replaced)."""
     path = record_path(folder, stage, key)
-    if not os.path.exists(path):
-        return None
     try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError) as e:
-        raise RecordError(f"{path} is not a readable eval record ({e}); move it aside") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or \
-            record.get("key") != key or record.get("stage") != stage:
+        record = read_json(path, FORMAT, "an eval record")
+    except ValueError as e:
+        raise RecordError(f"{e}; move it aside") from None
+    if record is not None and (record.get("key"), record.get("stage")) != (key, stage):
         raise RecordError(f"{path} is not the eval record of {stage} under key {key}; move it "
                           f"aside")
     return record

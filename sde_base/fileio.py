@@ -160,6 +160,22 @@ def write_jsonl(path, records):
                                     for r in records))
 
 
+def read_json(path, format=None, what=None):
+    """The JSON data of `path`, or None when there is no such file. A file that cannot be read
+    or parsed, or (with `format`) is not a dict whose 'format' is `format`, is a ValueError
+    naming it (`what` says what it should have been)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({e})") from None
+    if format is not None and (not isinstance(data, dict) or data.get("format") != format):
+        raise ValueError(f"{path} is not {what or 'a file'} (format {format!r})")
+    return data
+
+
 def save_torch(obj, path):
     """`torch.save(obj)` to `path` atomically. Returns the sha256 hex digest of the file."""
     import torch
@@ -372,5 +388,5 @@ class WorkdirLock:
 
 
 __all__ = ["atomic_write", "temp_name", "fsync_directory", "HashingWriter", "write_bytes",
-           "write_text", "json_ready", "write_json", "write_jsonl", "save_torch", "file_digest",
+           "write_text", "json_ready", "read_json", "write_json", "write_jsonl", "save_torch", "file_digest",
            "pid_alive", "stale_temps", "remove_stale_temps", "WorkdirLock", "WorkdirLockedError"]

@@ -226,9 +226,12 @@ def bpd_settings(args, config):
 
 
 def bpd_stage(ctx, model, config, sde, path):
+    """`sde_cli.likelihood.bits_per_dim` into the eval folder (its records resume a killed
+    run); under torchrun its summary reaches rank 0 only (None elsewhere)."""
+    extra = {"dist": ctx.info} if ctx.info.distributed else {}
     res = bits_per_dim(model, sde, config, ctx.args, ctx.device, bpd_split(config), ctx.eval_dir,
-                       path)
-    return dict(res, records=os.path.abspath(res["records"]))
+                       path, **extra)
+    return None if res is None else dict(res, records=os.path.abspath(res["records"]))
 
 
 def fid_plan(ctx, config, sde, path):
@@ -433,13 +436,12 @@ def evaluate_checkpoint(ctx, name, path, identity, config):
                 result = bpd_stage(ctx, model, config, sde, path)
             else:
                 result = fid_stage(ctx, model, config, sde, fid)
-            result["seconds"] = time.time() - t0
-            results[stage] = result
-            if ctx.info.is_main:
+            results[stage] = result = dict(result or {}, seconds=time.time() - t0)
+            if ctx.info.is_main:  # the one writer of the eval folder
                 provenance = {"checkpoint": identity, "path": os.path.abspath(path),
                               "name": name, "settings": settings[stage]}
                 write_record(ctx.eval_dir, stage, keys[stage], provenance, result)
-            ctx.say(f"{label}: {stage} {_short(stage, result)} ({result['seconds']:.1f}s)")
+                ctx.say(f"{label}: {stage} {_short(stage, result)} ({result['seconds']:.1f}s)")
         del model
     paths = {s: record_path(ctx.eval_dir, s, k) for s, k in keys.items()}
     return _row(name, path, identity, {s: results[s] for s in keys}, reused, paths)

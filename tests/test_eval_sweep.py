@@ -275,3 +275,16 @@ def test_two_processes_share_the_work_and_give_the_numbers_of_one(swept, tmp_pat
     one = strict_json(workdir / "one" / "sweep.json")["checkpoints"]
     assert [(r["loss"], r["fid"]) for r in two] == [(r["loss"], r["fid"]) for r in one]
     assert len(two[0]["results"]["loss"]["all_losses"]) == 2  # one batch on each rank
+
+
+def test_a_file_in_the_place_of_a_record_that_is_not_it_is_refused(tmp_path):
+    from evaluation.sweep import RecordError, read_record, record_path, write_record
+    assert read_record(tmp_path, "loss", "abc") is None
+    write_record(tmp_path, "loss", "abc", {"checkpoint": {"step": 1}}, {"loss": float("nan")})
+    assert read_record(tmp_path, "loss", "abc")["result"] == {"loss": None}  # valid JSON
+    shutil.copyfile(record_path(tmp_path, "loss", "abc"), record_path(tmp_path, "bpd", "abc"))
+    with pytest.raises(RecordError, match="not the eval record of bpd"):
+        read_record(tmp_path, "bpd", "abc")
+    Path(record_path(tmp_path, "fid", "abc")).write_text("{not json")
+    with pytest.raises(RecordError, match="unreadable"):
+        read_record(tmp_path, "fid", "abc")
