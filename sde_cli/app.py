@@ -10,7 +10,7 @@ Commands (``python -m sde_lib.run COMMAND --help`` lists each one's options):
     main        train, then sample (the default)
     train       train or resume (a stopped run's --workdir continues where it stopped)
     sample      sample a checkpoint: PNG grid, .npz and .json
-    eval        evaluation losses (and bits/dim, samples) of the workdir's checkpoints
+    eval        the original's sweep over checkpoints: test loss, bits/dim, FID (resumable)
     likelihood  bits/dim of a data split under a checkpoint
     advise      NCSNv2 noise-schedule advisor
     inpaint     inpaint images of a split with a checkpoint (before/after PNG grids)

@@ -4,6 +4,7 @@ bytes, the config and the settings; reused for the same work only, resumable aft
 written only inside the workdir's eval folder. A tiny built-in model, few images, 3 sampler
 steps, one thread."""
 
+import io
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -78,20 +80,13 @@ def swept(tiny_checkpoint, tmp_path_factory):
     """A copy of the tiny workdir (checkpoint_1 at step 1, checkpoint_2 at step 2) swept once:
     (workdir, printed output, rows by name)."""
     workdir = copy_workdir(tiny_checkpoint.parent.parent, tmp_path_factory.mktemp("sweep") / "w")
-    counts = {"loads": 0}
-    real = eval_cmd.load_model
-    eval_cmd.load_model = lambda *a: counts.__setitem__("loads", counts["loads"] + 1) or real(*a)
-    try:
-        import io
-        from contextlib import redirect_stdout
-        buf = io.StringIO()
-        with redirect_stdout(buf):
-            assert cli([*SWEEP, "--workdir", str(workdir)]) == 0
-    finally:
-        eval_cmd.load_model = real
-    assert counts["loads"] == 2
+    loads, real, out = [], eval_cmd.load_model, io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(out):
+        mp.setattr(eval_cmd, "load_model", lambda *a: loads.append(a[0]) or real(*a))
+        assert cli([*SWEEP, "--workdir", str(workdir)]) == 0
+    assert len(loads) == 2
     summary = strict_json(workdir / "eval" / "sweep.json")
-    return workdir, buf.getvalue(), {r["name"]: r for r in summary["checkpoints"]}
+    return workdir, out.getvalue(), {r["name"]: r for r in summary["checkpoints"]}
 
 
 # ----------------------------------------------------------------------------- records and reuse
