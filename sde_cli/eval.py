@@ -121,16 +121,16 @@ def default_extractor(config):
     return "digits" if str(config.data.dataset).upper() in ("DIGITS", "MNIST") else "inception"
 
 
-def make_extractor(args, config):
-    """The FID feature extractor, by name from `evaluation.reference`'s registry."""
-    from evaluation.reference import EXTRACTORS
+def make_extractor(args, config, device):
+    """The FID feature extractor on `device`, by name from `evaluation.reference`'s registry."""
+    from evaluation.reference import EXTRACTORS, get_extractor
     name = args.extractor or default_extractor(config)
     if name not in EXTRACTORS:
         raise CLIError(f"FID of {config.data.dataset} needs the feature extractor {name!r}, "
                        f"which is not available (registered: {', '.join(sorted(EXTRACTORS))}); "
                        f"give --extractor, or leave fid out (--stages loss,bpd)")
     try:
-        return EXTRACTORS[name]()
+        return get_extractor(name, weights=args.inception_weights, device=device)
     except (OSError, ValueError, RuntimeError, ImportError) as e:
         raise CLIError(f"the feature extractor {name!r} cannot be loaded: {e}") from None
 
@@ -228,9 +228,8 @@ def bpd_settings(args, config):
 def bpd_stage(ctx, model, config, sde, path):
     """`sde_cli.likelihood.bits_per_dim` into the eval folder (its records resume a killed
     run); under torchrun its summary reaches rank 0 only (None elsewhere)."""
-    extra = {"dist": ctx.info} if ctx.info.distributed else {}
     res = bits_per_dim(model, sde, config, ctx.args, ctx.device, bpd_split(config), ctx.eval_dir,
-                       path, **extra)
+                       path, dist=ctx.info)
     return None if res is None else dict(res, records=os.path.abspath(res["records"]))
 
 
@@ -349,6 +348,7 @@ class Reference:
 # ----------------------------------------------------------------------------- the sweep
 
 def add_arguments(parser):
+    from evaluation.inception import WEIGHTS_ENV, WEIGHTS_FILE
     from evaluation.reference import EXTRACTORS
     from evaluation.sweep import STAGES
     add_run_flags(parser)
@@ -368,7 +368,10 @@ def add_arguments(parser):
     flag(g, "eval-folder", default="eval", help="name of the reports folder inside the workdir "
          "(a plain name)")
     flag(g, "extractor", choices=sorted(EXTRACTORS), help="FID feature extractor (default "
-         "digits for DIGITS and MNIST, inception otherwise)")
+         "digits, the offline digits classifier, for DIGITS and MNIST; inception, the FID "
+         "Inception-v3, otherwise)")
+    flag(g, "inception-weights", metavar="PATH", help=f"--extractor inception: the weights "
+         f"file {WEIGHTS_FILE} (default ${WEIGHTS_ENV}, else torch hub's cache)")
     flag(g, "stats", help="reference statistics file of the training split (.npz; default "
          "<eval-folder>/reference_<dataset>_train_<extractor>.npz): computed once, then reused "
          "while it is of the same images and extractor")
@@ -478,21 +481,20 @@ def run(args):
     if args.repeats is None:
         args.repeats = int(config.eval.get("bpd_num_repeats", 1))
     num_samples = int(args.num_samples or config.eval.num_samples)
-    extractor = None
     if "fid" in stages:
         C, H = int(config.data.num_channels), int(config.data.image_size)
         batch = args.sample_batch or int(config.eval.batch_size)
         check_held_memory(num_samples * H * H * C * 2 + batch * C * H * H * 4 * 12,
                           f"-n {num_samples} with --sample-batch {batch}",
                           "use a smaller -n or --sample-batch")  # all samples are scored at once
-        extractor = make_extractor(args, config)
     eval_dir = os.path.join(eval_workdir(args), folder_name)
     device = resolve_device(args, config)
     info = init_distributed(device="cuda" if device.type == "cuda" else str(device))
     try:
+        choose_threads(args, config, info.device)           # one rule, one line
+        extractor = make_extractor(args, config, info.device) if "fid" in stages else None
         ctx = Sweep(args=args, info=info, device=info.device, eval_dir=eval_dir, stages=stages,
                     num_samples=num_samples, extractor=extractor)
-        choose_threads(args, config, ctx.device)           # one rule, one line
         from_main(info, lambda: _lock(args, eval_dir), "the eval folder's lock")
         if extractor is not None:
             ctx.statistics = Reference(ctx, config)

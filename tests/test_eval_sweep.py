@@ -247,11 +247,11 @@ def test_a_checkpoint_file_is_evaluated_into_the_given_workdir(swept, tmp_path, 
 # ----------------------------------------------------------------------------- torchrun
 
 def test_two_processes_share_the_work_and_give_the_numbers_of_one(swept, tmp_path, capsys):
-    """Under torchrun (gloo, 2 processes) both ranks compute loss batches and sample shards;
-    rank 0 writes the records and the summary, equal to a one-process sweep's."""
+    """Under torchrun (gloo, 2 processes) both ranks compute loss batches, bits/dim batches and
+    sample shards; rank 0 writes the records and the summary, equal to a one-process sweep's."""
     workdir = copy_workdir(swept[0], tmp_path / "w")
-    argv = [*SWEEP, "--workdir", str(workdir), "--stages", "loss,fid", "--end", "1",
-            "--config.eval.batch_size=2", "--shard-size", "8"]
+    argv = [*SWEEP, "--workdir", str(workdir), "--end", "1", "--config.eval.batch_size=2",
+            "--shard-size", "8"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
@@ -268,7 +268,7 @@ def test_two_processes_share_the_work_and_give_the_numbers_of_one(swept, tmp_pat
     assert cli([*argv, "--eval-folder", "one"]) == 0
     two = strict_json(workdir / "two" / "sweep.json")["checkpoints"]
     one = strict_json(workdir / "one" / "sweep.json")["checkpoints"]
-    assert [(r["loss"], r["fid"]) for r in two] == [(r["loss"], r["fid"]) for r in one]
+    assert numbers({r["name"]: r for r in two}) == numbers({r["name"]: r for r in one})
     assert len(two[0]["results"]["loss"]["all_losses"]) == 2  # one batch on each rank
 
 
@@ -283,3 +283,13 @@ def test_a_file_in_the_place_of_a_record_that_is_not_it_is_refused(tmp_path):
     Path(record_path(tmp_path, "fid", "abc")).write_text("{not json")
     with pytest.raises(RecordError, match="unreadable"):
         read_record(tmp_path, "fid", "abc")
+
+
+def test_a_missing_inception_weights_file_is_one_error_before_any_work(swept, tmp_path, capsys):
+    workdir = copy_workdir(swept[0], tmp_path / "w")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert cli(["eval", "--workdir", str(workdir), "--stages", "fid", "--extractor", "inception",
+                "--inception-weights", str(tmp_path / "none.pth"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "inception" in err and "none.pth" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
