@@ -353,7 +353,8 @@ def add_arguments(parser):
     from evaluation.sweep import STAGES
     add_run_flags(parser)
     add_sampler_flags(parser, n_default=None, eps_alias=False)
-    add_likelihood_flags(parser)
+    add_likelihood_flags(parser, fresh_help="recompute every stage of every checkpoint instead "
+                         "of reusing its records (bits/dim records of other work are replaced)")
     g = parser.add_argument_group("the sweep")
     flag(g, "checkpoint", help="evaluate this file only (default: the workdir's "
          "checkpoint_k.pth with --begin <= k <= --end)")

@@ -99,8 +99,11 @@ def _out_dir(args, source):
     return output_folder(args, source, "eval")
 
 
-def add_likelihood_flags(parser):
-    """The bits/dim settings (shared with `eval`)."""
+FRESH_HELP = "replace records of other work in the records file instead of refusing it"
+
+
+def add_likelihood_flags(parser, fresh_help=FRESH_HELP):
+    """The bits/dim settings (shared with `eval`, whose --fresh means more: `fresh_help`)."""
     from likelihood.bpd import DEQUANTIZERS, METHODS
     from likelihood.divergence import ESTIMATORS
     g = parser.add_argument_group("bits/dim")
@@ -138,8 +141,7 @@ def add_likelihood_flags(parser):
     flag(g, "levels", type=positive_int, help="pixel values per channel (default: the "
          "dataset's: 256 for 8-bit data, 17 for DIGITS; unknown levels are an error)")
     flag(g, "bits", type=positive_int, help="bits per pixel value: --levels 2^bits")
-    flag(g, "fresh", action="store_true", help="replace records of other work in the records "
-         "file instead of refusing it")
+    flag(g, "fresh", action="store_true", help=fresh_help)
 
 
 def add_arguments(parser):
