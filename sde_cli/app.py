@@ -32,6 +32,7 @@ from typing import Callable
 from sde_base.registry import Registry
 from sde_cli.errors import CLIError
 from sde_cli.flags import new_parser, split_config_overrides
+from sde_cli.folders import remove_skeletons
 
 DEFAULT_COMMAND = "main"
 
@@ -107,9 +108,11 @@ def run(name, argv, prog=None):
         chosen, args = parse(name, argv, prog)
         return int(chosen.run(args) or 0)
     except KeyboardInterrupt:
+        remove_skeletons(args)
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # one line for the user; --debug shows where
+        remove_skeletons(args)
         if debug:
             raise
         print(f"error: {_message(e)}", file=sys.stderr)

@@ -7,8 +7,11 @@ import os
 from sde_cli.errors import CLIError
 
 
-def check_writable(folder):
-    """Create `folder` if needed and make sure a file can be written there, before the work."""
+def check_writable(folder, args=None):
+    """Create `folder` if needed and make sure a file can be written there, before the work.
+    With the command's `args`, a folder created here is noted in `args.created_folders`, so
+    that a command failing later leaves no skeleton there (`remove_skeletons`)."""
+    created = missing_folders(folder)
     try:
         os.makedirs(folder, exist_ok=True)
         probe = os.path.join(folder, f".write-test.{os.getpid()}")
@@ -17,7 +20,18 @@ def check_writable(folder):
         os.remove(probe)
     except OSError as e:
         raise CLIError(f"cannot write to {folder!r}: {e.strerror or e}") from None
+    if created and args is not None:
+        args.created_folders = [*getattr(args, "created_folders", []), *created]
     return folder
+
+
+def missing_folders(folder):
+    """The folders `os.makedirs(folder)` would create, outermost first."""
+    missing, path = [], os.path.abspath(folder)
+    while not os.path.lexists(path):
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def unique_stem(folder, stem, suffixes):
@@ -30,12 +44,12 @@ def unique_stem(folder, stem, suffixes):
     return candidate
 
 
-def workdir_lock(folder, what=None):
+def workdir_lock(folder, what=None, args=None):
     """Hold the one-writer lock of `folder` (`sde_base.fileio.WorkdirLock`) for this command;
     another live run holding it is an error naming its pid and host. Holding it, remove the
-    temporary files dead writers left in `folder`."""
+    temporary files dead writers left in `folder`. `args`: as for `check_writable`."""
     from sde_base.fileio import WorkdirLock, WorkdirLockedError, remove_stale_temps
-    check_writable(folder)
+    check_writable(folder, args)
     try:
         lock = WorkdirLock(folder, what=what).acquire()
     except WorkdirLockedError as e:
@@ -60,6 +74,15 @@ def undo_failed_start(folder):
     except BaseException:
         _remove_skeleton(folder, created, before)
         raise
+
+
+def remove_skeletons(args):
+    """After a command failed: remove the folders it created (`check_writable` with its `args`)
+    where they hold nothing but empty folders and its lock (rank 0 only under torchrun)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for folder in reversed(getattr(args, "created_folders", [])):
+        _remove_skeleton(folder, True, set())
 
 
 def _remove_skeleton(folder, created, before):

@@ -96,7 +96,7 @@ def run(args):
                 stats = reference_statistics(images, extractor, source=source, info=info)
                 if info.is_main:
                     folder = os.path.dirname(os.path.abspath(args.stats))
-                    args.lock = workdir_lock(folder, what="sde_lib.run metrics")
+                    args.lock = workdir_lock(folder, what="sde_lib.run metrics", args=args)
                     save_statistics(args.stats, stats)
                     print(f"reference statistics of {stats['provenance']['count']} images "
                           f"({source}, {args.extractor}): {os.path.abspath(args.stats)}")

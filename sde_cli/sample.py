@@ -36,11 +36,11 @@ def load_score_model(args):
 def output_folder(args, source, name):
     """--out, else <workdir of the checkpoint>/<name>, checked writable before any work."""
     if args.out:
-        return check_writable(args.out)
+        return check_writable(args.out, args)
     if getattr(args, "diffusers", None) or not os.path.isfile(source):
-        return check_writable(os.path.join(args.workdir or "runs", name))
+        return check_writable(os.path.join(args.workdir or "runs", name), args)
     root = os.path.dirname(os.path.dirname(os.path.abspath(source)))
-    return check_writable(os.path.join(root, name))
+    return check_writable(os.path.join(root, name), args)
 
 
 def absolute_source(source):

@@ -68,10 +68,10 @@ def default_folder(args, source, used, output_folder):
     """--out, else <workdir>/samples/seeds_<sampler>[_<steps>steps] (under `output_folder`'s
     samples folder): one folder per sampler setting."""
     if args.out:
-        return check_writable(args.out)
+        return check_writable(args.out, args)
     name = "seeds_" + str(used["sampler"]).replace("+", "p") + (
         f"_{used['steps']}steps" if used.get("steps") else "")
-    return check_writable(os.path.join(output_folder(args, source, "samples"), name))
+    return check_writable(os.path.join(output_folder(args, source, "samples"), name), args)
 
 
 def run(args, load_score_model, output_folder):

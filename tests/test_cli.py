@@ -197,6 +197,28 @@ def test_a_failed_start_leaves_no_skeleton_and_keeps_what_was_there(tmp_path, ca
     assert (old / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("command, extra", [
+    ("colorize", []),  # refused after the output folder exists: the digits are grey
+    ("conditional", ["--classifier", "CLASSIFIER", "--labels", "1"]),  # not a classifier
+])
+def test_every_command_that_fails_after_making_its_output_folder_leaves_no_skeleton(
+        command, extra, tiny_checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a classifier")
+    extra = [str(bad) if a == "CLASSIFIER" else a for a in extra]
+    out = tmp_path / "new" / "a" / "b"
+    assert cli([command, "--checkpoint", str(tiny_checkpoint), "--out", str(out), *extra,
+                "--no-progress"]) == 1
+    only_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert cli([command, "--checkpoint", str(tiny_checkpoint), "--out", str(kept), *extra,
+                "--no-progress"]) == 1
+    assert (kept / "notes.txt").read_text() == "mine"
+
+
 def test_multi_line_errors_become_one_readable_line():
     text = ("NPZ: cannot find an .npz file (or <dir>/train.npz).\nLooked in:\n  - data/npz\n"
             "  - data\nSave one with numpy.savez(...).\nno full stop here\nlast")
