@@ -10,7 +10,7 @@ import torch
 from sde_cli.app import command
 from sde_cli.errors import CLIError
 from sde_cli.flags import CONFIG_HELP, DATA_DIR_HELP, flag, positive_float, positive_int
-from sde_cli.outputs import write_json
+from sde_cli.outputs import check_result_file, write_json
 from sde_lib.advisor import advise, advise_for_dimension, step_size_table
 
 
@@ -61,7 +61,8 @@ def report(advice, source, json_path, centered):
     print("\n# config lines")
     print("\n".join(advice.config_lines()))
     if json_path:
-        write_json(json_path, dict(advice.to_dict(), source=source, centered=centered))
+        write_json(json_path, dict(advice.to_dict(), source=source, centered=centered,
+                                   command="advise"))
 
 
 def add_arguments(parser):
@@ -87,7 +88,8 @@ def add_arguments(parser):
     flag(parser, "n-subsets", type=positive_int, default=4, help="random subsets when sampling")
     flag(parser, "overlap", type=positive_float, default=0.5, help="Technique 2's target")
     flag(parser, "seed", type=int, default=0, help="seed of the random subsets")
-    flag(parser, "json", help="also write the advice as JSON to this file")
+    flag(parser, "json", help="also write the advice as JSON to this file (a new file, or one "
+         "advise wrote)")
     flag(parser, "debug", action="store_true", help="show the traceback of an error")
 
 
@@ -98,6 +100,8 @@ def run(args):
     if args.config_overrides and not args.config:
         raise CLIError("--config.a.b=value overrides need --config")
     centered = args.centered
+    if args.json:
+        check_result_file(args.json, "--json", "advise")
     if args.dim is not None:
         if args.sigma_max is None:
             raise CLIError("--dim needs --sigma-max (Technique 1 needs the data)")

@@ -57,7 +57,8 @@ def add_arguments(parser):
          f"file {WEIGHTS_FILE} (default ${WEIGHTS_ENV}, else torch hub's cache)")
     flag(parser, "device", default="cpu", help="where the features are computed: cpu, cuda "
          "(under torchrun: cuda:LOCAL_RANK), cuda:1, ...")
-    flag(parser, "out", help="also write the scores to this JSON file")
+    flag(parser, "out", help="also write the scores to this JSON file (a new file, or one "
+         "metrics wrote)")
     flag(parser, "debug", action="store_true", help="show the traceback of an error")
 
 
@@ -76,6 +77,9 @@ def run(args):
         raise CLIError(f"--samples {args.samples!r} does not exist")
     if not args.reference and not os.path.isfile(args.stats):
         raise CLIError(f"--stats {args.stats!r} does not exist; compute it first with --reference")
+    if args.out:
+        from sde_cli.outputs import check_result_file
+        check_result_file(args.out, "--out", "metrics")
     info = init_distributed(device=args.device, backend="gloo")  # the gather is of CPU tensors
     try:
         extractor = get_extractor(args.extractor, weights=args.inception_weights,
@@ -104,6 +108,7 @@ def run(args):
             if not args.reference:  # computed or checked above otherwise (on every rank)
                 stats = load_statistics(args.stats)
             result = score_samples(args.samples, stats, extractor, info=info)
+            result["command"] = "metrics"
             result["samples"] = os.path.abspath(args.samples)
             result["stats"] = os.path.abspath(args.stats)
             if info.is_main:

@@ -223,3 +223,20 @@ def test_cli_config_reads_training_set_and_centering(monkeypatch, tmp_path):
     plain = json.loads(out.read_text())
     assert centred["centered"] and not plain["centered"]
     assert centred["distance"]["value"] == pytest.approx(2 * plain["distance"]["value"], rel=1e-6)
+
+
+def test_cli_json_replaces_only_advice_it_wrote(tmp_path, capsys):
+    """--json writes a new file or replaces advice `advise` wrote; an unrelated file (or a
+    folder) is refused before the work and left as it was."""
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    assert advise_cli(["--dim", "10", "--sigma-max", "5", "--json", str(mine)]) == 1
+    err = capsys.readouterr().err
+    assert "never replaced" in err and "config.model.num_scales" not in err
+    assert mine.read_text() == "mine"
+    assert advise_cli(["--dim", "10", "--sigma-max", "5", "--json", str(tmp_path)]) == 1
+    assert "is a folder" in capsys.readouterr().err
+    out = tmp_path / "advice.json"
+    assert advise_cli(["--dim", "10", "--sigma-max", "5", "--json", str(out)]) == 0
+    assert advise_cli(["--dim", "12", "--sigma-max", "5", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["dim"] == 12

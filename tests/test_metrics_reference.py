@@ -127,3 +127,25 @@ def test_metrics_command_takes_a_dataset_split_as_reference(classifier, tmp_path
     assert provenance["source"] == "cifar10/train" and provenance["count"] == 15
     assert provenance["data_sha256"] == data_checksum(torch.from_numpy(np.concatenate(images)))
     assert cli(["metrics", "--stats", str(tmp_path / "r.npz"), "--reference", "cifar10/valid"]) == 1
+
+
+def test_metrics_out_replaces_only_scores_metrics_wrote(classifier, tmp_path, monkeypatch,
+                                                        capsys):
+    """--out writes a new file or replaces scores `metrics` wrote; a file the toolkit did not
+    write is refused before any work and kept."""
+    import json
+    from pathlib import Path
+    from sde_cli.app import main as cli
+    monkeypatch.setenv("SCORE_SDE_CACHE", str(Path(classifier.info["cache_file"]).parent))
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, samples=uint8_nhwc(dfeat.digits_images("test")[0][:40]))
+    base = ["metrics", "--stats", str(tmp_path / "r.npz"), "--samples", str(samples)]
+    assert cli(base[:3] + ["--reference", "train"]) == 0
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": 1}')
+    assert cli(base + ["--out", str(mine)]) == 1
+    assert "never replaced" in capsys.readouterr().err
+    assert mine.read_text() == '{"mine": 1}'
+    out = tmp_path / "scores.json"
+    assert cli(base + ["--out", str(out)]) == 0 and cli(base + ["--out", str(out)]) == 0
+    assert json.loads(out.read_text())["command"] == "metrics"
