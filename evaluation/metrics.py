@@ -110,7 +110,8 @@ def _read_image_file(path):
 
 
 def _npz_images(path):
-    with np.load(path, allow_pickle=False) as z:
+    from sde_base.fileio import numpy_file
+    with numpy_file(path) as z:
         keys = list(z.files)
         key = next((k for k in NPZ_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
         if key is None:
@@ -180,7 +181,9 @@ def image_dataset(source, *, rounding="round", name="images"):
             return UInt8ImageDataset(images=to_uint8_rgb(_npz_images(path), rounding=rounding, name=str(path)),
                                      description=f"npz {path}")
         if path.is_file() and path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            from sde_base.fileio import numpy_file
+            with numpy_file(path) as arr:
+                arr = np.asarray(arr)
             return UInt8ImageDataset(images=to_uint8_rgb(arr, rounding=rounding, name=str(path)),
                                      description=f"npy {path}")
         if not path.exists():

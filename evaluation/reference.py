@@ -23,6 +23,8 @@ import os
 import numpy as np
 import torch
 
+from sde_base.fileio import numpy_file
+
 from evaluation.metrics import (classifier_score, feature_statistics, frechet_distance,
                                 kernel_distance, load_images)
 
@@ -186,7 +188,7 @@ def save_statistics(path, stats):
 
 def load_statistics(path):
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with numpy_file(path) as z:
             provenance = json.loads(str(z["provenance"]))
             stats = {"mu": z["mu"], "sigma": z["sigma"], "features": z["features"]}
     except (OSError, ValueError, KeyError) as e:

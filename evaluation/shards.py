@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sde_base.fileio import move_into_new_folder
+from sde_base.fileio import move_into_new_folder, numpy_file
 
 MANIFEST = "manifest.json"
 FORMAT = "score-sde-toolkit sample shards, version 1"
@@ -88,7 +88,7 @@ def read_shard(path):
     """(samples uint8 [N, H, W, C], seeds int64 [N]) of a shard file; an unreadable or
     inconsistent file is a ShardError naming it."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with numpy_file(path) as z:
             samples, seeds = z["samples"], z["seeds"]
     except (OSError, ValueError, KeyError, EOFError) as e:
         raise ShardError(f"shard {path} is unreadable ({type(e).__name__}: {e}); move it aside "

@@ -202,6 +202,37 @@ def move_into_new_folder(folder, names, prefix, stamp_format="%Y%m%dT%H%M%SZ"):
     return dest
 
 
+@contextlib.contextmanager
+def numpy_file(path):
+    """`np.load(path, allow_pickle=False)` (an .npz archive, or one .npy array), open inside the
+    block. Pickled objects are never loaded, and numpy's advice to load them unsafely is never
+    passed on: a file numpy cannot read without unpickling, an object array read inside the
+    block, or a broken archive is a ValueError naming the file."""
+    import zipfile
+    import numpy as np
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise _unreadable_arrays(path, e) from None
+    try:
+        yield arrays
+    except (ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise _unreadable_arrays(path, e) from None
+    finally:
+        if hasattr(arrays, "close"):
+            arrays.close()
+
+
+def _unreadable_arrays(path, error):
+    if "pickle" in str(error):
+        return ValueError(f"{path}: reading it would unpickle Python objects, which is never "
+                          f"done (only .npz/.npy arrays of numbers are read)")
+    if isinstance(error, ValueError) and not isinstance(error, EOFError):
+        return error
+    return ValueError(f"{path} is not a readable .npz/.npy file ({type(error).__name__}: "
+                      f"{error})")
+
+
 def file_digest(path, algorithm="sha256", chunk=1 << 20):
     """The hex digest of a file's contents."""
     h = hashlib.new(algorithm)

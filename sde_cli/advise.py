@@ -7,6 +7,7 @@ import os
 import numpy as np
 import torch
 
+from sde_base.fileio import numpy_file
 from sde_cli.app import command
 from sde_cli.errors import CLIError
 from sde_cli.flags import CONFIG_HELP, DATA_DIR_HELP, flag, positive_float, positive_int
@@ -26,12 +27,13 @@ def load_points(path):
     if not os.path.isfile(path):
         raise CLIError(f"--data: no such file {path!r}")
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
+        with numpy_file(path) as z:
             if "images" not in z.files:
                 raise CLIError(f"{path}: no 'images' array; it holds {z.files}")
             arr = z["images"]
     elif path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
+        with numpy_file(path) as arr:
+            arr = np.asarray(arr)
     elif "idx" in os.path.basename(path):
         arr = read_idx(path)
     else:

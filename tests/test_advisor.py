@@ -240,3 +240,11 @@ def test_cli_json_replaces_only_advice_it_wrote(tmp_path, capsys):
     assert advise_cli(["--dim", "10", "--sigma-max", "5", "--json", str(out)]) == 0
     assert advise_cli(["--dim", "12", "--sigma-max", "5", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["dim"] == 12
+
+
+def test_cli_data_file_of_python_objects_is_refused_without_unsafe_advice(tmp_path, capsys):
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    assert advise_cli(["--data", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "allow_pickle" not in err and "unsafe" not in err, err

@@ -133,3 +133,26 @@ def test_workdir_lock_nests_within_one_process(tmp_path):
     proc = _hold_lock(tmp_path)  # fully released: another process can take it
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def test_numpy_file_never_unpickles_nor_suggests_it(tmp_path):
+    """Plain arrays are read; a pickle, an object array or a broken archive is a ValueError
+    naming the file, without numpy's advice to load it unsafely."""
+    import pickle
+    import numpy as np
+    from sde_base.fileio import numpy_file
+    np.savez(tmp_path / "plain.npz", a=np.arange(3))
+    with numpy_file(tmp_path / "plain.npz") as z:
+        assert z["a"].tolist() == [0, 1, 2]
+    np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
+    np.save(tmp_path / "objects.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "pickle.npz").write_bytes(pickle.dumps({"x": 1}))
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04" + b"garbage" * 20)
+    for name in ("objects.npz", "objects.npy", "pickle.npz", "broken.npz"):
+        path = tmp_path / name
+        with pytest.raises(ValueError) as e:
+            with numpy_file(path) as z:
+                for key in getattr(z, "files", []):
+                    z[key]
+        text = str(e.value)
+        assert str(path) in text and "allow_pickle" not in text and "unsafe" not in text, text

@@ -134,3 +134,16 @@ def test_accelerate_launch_gives_the_images_of_one_process(checkpoint, one_proce
     got, got_seeds = read_shards(out)
     samples, seeds = one_process
     assert np.array_equal(got_seeds, seeds) and np.array_equal(got, samples)  # bitwise
+
+
+def test_a_shard_that_is_a_pickle_or_broken_is_named_without_unsafe_advice(tmp_path):
+    import pickle
+    from evaluation.shards import ShardError, read_shard
+    pickled, broken = tmp_path / "seeds_0-3.npz", tmp_path / "seeds_4-7.npz"
+    pickled.write_bytes(pickle.dumps({"samples": 1}))
+    broken.write_bytes(b"PK\x03\x04" + b"garbage" * 20)
+    for path in (pickled, broken):
+        with pytest.raises(ShardError) as e:
+            read_shard(path)
+        text = str(e.value)
+        assert str(path) in text and "allow_pickle" not in text and "unsafe" not in text, text

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sde_base.fileio import numpy_file
+
 DATA_ENV = "SCORE_SDE_DATA"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -252,7 +254,7 @@ def _npz(config, split, data_dir):
     if path is None:
         _missing("NPZ", [f"an .npz file (or <dir>/{split}.npz)"], dirs,
                  "Save one with numpy.savez(path, images=uint8 [N, H, W, C] array, labels=...).")
-    with np.load(path, allow_pickle=False) as z:
+    with numpy_file(path) as z:
         key = f"{split}_images" if f"{split}_images" in z.files else "images"
         if key not in z.files:
             raise KeyError(f"{path}: no 'images' (or '{split}_images') array; it holds {z.files}")
