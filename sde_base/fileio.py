@@ -351,7 +351,7 @@ class WorkdirLock:
                 held[1] += 1
                 self._key = key
                 return self
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -369,6 +369,24 @@ class WorkdirLock:
             self._fd, self._key = fd, key
             _HELD[key] = [self, 1]
         return self
+
+    def _open(self):
+        """The lock file, opened without following a symbolic link: a link or another kind of
+        file named like it is refused, so the lock never truncates a file elsewhere."""
+        import stat
+        not_ours = OSError(f"{self.path} is not a lock file of this toolkit (a symbolic link or "
+                           f"not a regular file); it is left as it is: remove it to use the folder")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0), 0o666)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EISDIR):
+                raise not_ours from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise not_ours
+        return fd
 
     def _read_holder(self, tries=20):
         """The holder's record; it may be being written right now, so retry briefly."""

@@ -156,3 +156,20 @@ def test_numpy_file_never_unpickles_nor_suggests_it(tmp_path):
                     z[key]
         text = str(e.value)
         assert str(path) in text and "allow_pickle" not in text and "unsafe" not in text, text
+
+
+def test_workdir_lock_never_follows_a_link_named_like_the_lock_file(tmp_path):
+    """A `.lock` that is a symbolic link (or not a regular file) is refused by name, and the
+    file it points to is left as it was (the lock truncates and writes its file)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    os.symlink(victim, folder / WorkdirLock.NAME)
+    with pytest.raises(OSError, match="not a lock file of this toolkit"):
+        WorkdirLock(str(folder)).acquire()
+    assert victim.read_text() == "precious"
+    other = tmp_path / "other"
+    (other / WorkdirLock.NAME).mkdir(parents=True)
+    with pytest.raises(OSError, match="not a lock file of this toolkit"):
+        WorkdirLock(str(other)).acquire()
