@@ -1,8 +1,10 @@
 """``python -m sde_lib.run train``: train a score model, resuming from the workdir."""
 
+import contextlib
 import json
 import math
 import os
+import sys
 
 from sde_cli.app import command
 from sde_cli.configuration import check_meaning, checkpoint_config, default_workdir, load_run_config
@@ -82,7 +84,8 @@ def add_arguments(parser):
     flag(parser, "restart", action="store_true", help="start again from step 0: the workdir's "
          "log, checkpoints and samples are moved into <workdir>/history-<time> (never deleted)")
     flag(parser, "json", action="store_true", help="print the summary as one line of JSON "
-         "(valid JSON: a loss that was never logged is null) instead of a sentence")
+         "(valid JSON: a loss that was never logged is null) instead of a sentence, alone on "
+         "stdout (other lines go to stderr)")
     add_dist_flag(parser)
 
 
@@ -98,7 +101,9 @@ def add_dist_flag(parser):
 def run(args):
     from training.distributed import cleanup_distributed
     from training.train import train
-    with undo_failed_start(default_workdir(args)):
+    # With --json, stdout holds the JSON summary alone: the lines on the way go to stderr.
+    aside = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with undo_failed_start(default_workdir(args)), aside:
         config, workdir, device = prepare(args)
         explicit = args.device or config.get("device", "auto") != "auto"
         result = train(config, workdir, device=device if explicit else None,

@@ -262,6 +262,16 @@ def test_a_json_config_is_parsed_and_trains_like_its_python_twin(tmp_path, capsy
     only_error_line(capsys.readouterr().err)
 
 
+def test_train_json_is_alone_on_stdout_also_when_resuming(tmp_path, capsys):
+    """`train --json | jq` works: the threads and resuming lines go to stderr."""
+    base = ["train", "--quick", "--workdir", str(tmp_path / "w"), *TINY, "--json"]
+    assert cli([*base, "--stop-after", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "stopped"
+    assert cli([*base, "--stop-after", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["start_step"] == 1 and "resuming from" in err
+
+
 def test_quick_never_does_more_than_the_default():
     import configs
     for sampler, steps in (("pc", 25), ("dpm_solver++", None), ("unipc", None)):
