@@ -30,6 +30,7 @@ MANIFEST = "manifest.json"
 FORMAT = "score-sde-toolkit sample shards, version 1"
 SHARD_RE = re.compile(r"seeds_(\d+)-(\d+)\.npz")
 MAX_SEEDS = 10_000_000   # seeds in one request (a range list is checked before it is expanded)
+MAX_SHARDS = 100_000     # shard files in one request (each is a file and a plan entry)
 DONE_KEY = "score_sde_sample_done"
 
 
@@ -97,6 +98,19 @@ def read_shard(path):
         raise ShardError(f"shard {path} does not hold uint8 samples [N, H, W, C] with one seed "
                          f"each (samples {samples.dtype} {samples.shape}, seeds {seeds.shape})")
     return samples, seeds.astype(np.int64)
+
+
+def check_shard_count(seeds, shard_size, limit=MAX_SHARDS):
+    """The number of shard files `seeds` (sorted) fill at `shard_size` seeds each; more than
+    `limit` is a ShardError, raised before anything is planned or allocated."""
+    count, last, shard_size = 0, None, int(shard_size)
+    for s in seeds:
+        if s // shard_size != last:
+            count, last = count + 1, s // shard_size
+            if count > limit:
+                raise ShardError(f"{len(seeds)} seeds with --shard-size {shard_size} make more "
+                                 f"than {limit} shard files: use a larger --shard-size")
+    return count
 
 
 def plan_shards(seeds, shard_size, folder):

@@ -76,17 +76,18 @@ def default_folder(args, source, used, output_folder):
 
 def run(args, load_score_model, output_folder):
     """The --seeds path of `sample`, with its model loader and folder rule."""
-    from evaluation.shards import ShardError, parse_seeds
+    from evaluation.shards import ShardError, check_shard_count, parse_seeds
     from training.distributed import cleanup_distributed, init_distributed
+    shard_size = args.shard_size or DEFAULT_SHARD_SIZE
     try:
         seeds = parse_seeds(args.seeds)
+        check_shard_count(seeds, shard_size)
     except ShardError as e:
         raise CLIError(str(e)) from None
     for name in ("stem", "metrics"):
         if getattr(args, name):
             raise CLIError(f"--{name} is for a plain sample set; --seeds writes shards into "
                            f"--out (score them with evaluation.metrics)")
-    shard_size = args.shard_size or DEFAULT_SHARD_SIZE
     batch = min(args.sample_batch or DEFAULT_BATCH, shard_size)
     source, config, model, sde, device = load_score_model(args)
     C, H = int(config.data.num_channels), int(config.data.image_size)

@@ -147,3 +147,16 @@ def test_a_shard_that_is_a_pickle_or_broken_is_named_without_unsafe_advice(tmp_p
             read_shard(path)
         text = str(e.value)
         assert str(path) in text and "allow_pickle" not in text and "unsafe" not in text, text
+
+
+def test_a_request_of_too_many_shard_files_is_refused_before_the_model_loads(tmp_path, capsys):
+    from evaluation.shards import MAX_SHARDS, ShardError, check_shard_count
+    from sde_cli.app import main as cli
+    assert check_shard_count(list(range(10)) + [2500], 1000) == 2
+    with pytest.raises(ShardError, match="--shard-size"):
+        check_shard_count(list(range(MAX_SHARDS + 1)), 1)
+    out = tmp_path / "out"
+    assert cli(["sample", "--workdir", str(tmp_path / "no_run"), "--seeds",
+                f"0-{MAX_SHARDS}", "--shard-size", "1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "shard files" in err and "checkpoint" not in err and not out.exists()
