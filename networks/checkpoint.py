@@ -22,6 +22,7 @@ atomically (`sde_base.fileio.atomic_write`: a temporary file in the same folder,
 import math
 import os
 import pickle
+import re
 
 import torch
 
@@ -83,14 +84,23 @@ def read_checkpoint(path, map_location='cpu'):
 
 # Lines of PyTorch's weights-only error that advise the unsafe path (loading with
 # weights_only=False runs whatever the file's pickle says); never passed on to a user.
-_UNSAFE_ADVICE = ('weights_only', 'arbitrary code', 'trusted source', 'documentation of torch.load')
+_UNSAFE_ADVICE = ('weights_only', 'arbitrary code', 'trusted source', 'documentation of torch.load',
+                 'safe_globals', 'allowlist', 'if you trust')
+
+
+def _without_advice(line):
+    """`line` less its sentences that advise the unsafe path (allowlisting the blocked global
+    with add_safe_globals comes in the same line as the global's name)."""
+    sentences = re.split(r'(?<=\.)\s+', line)
+    return ' '.join(x for x in sentences if not any(a in x.lower() for a in _UNSAFE_ADVICE))
 
 
 def torch_load_detail(e):
     """One line on why `torch.load(..., weights_only=True)` failed: the blocked global or the
-    first line of the error, without PyTorch's advice to retry with weights_only=False."""
+    first line of the error, without PyTorch's advice to retry with weights_only=False or to
+    allowlist the global."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    safe = [line for line in lines if not any(a in line.lower() for a in _UNSAFE_ADVICE)]
+    safe = [x for x in (_without_advice(line) for line in lines) if x]
     blocked = [line for line in safe if 'GLOBAL' in line or 'Unsupported' in line]
     if blocked or safe:
         return (blocked or safe)[0]

@@ -414,3 +414,22 @@ def test_create_model_device(tmp_path):
     cfg.model.name = "no_such_model"
     with pytest.raises(KeyError, match="no_such_model"):
         networks.create_model(cfg, device="cpu")
+
+
+class _BlockedGlobal:
+    def __reduce__(self):
+        return (print, ("never printed",))
+
+
+def test_a_blocked_global_is_named_without_advice_to_allowlist_it(tmp_path):
+    """PyTorch's weights-only error names the blocked global and, in the same line, advises
+    allowlisting it (add_safe_globals) 'if you trust' it: only the name reaches the user."""
+    from networks.checkpoint import torch_load_detail
+    path = tmp_path / "evil.bin"
+    torch.save({"w": _BlockedGlobal()}, path)
+    with pytest.raises(Exception) as e:
+        torch.load(path, weights_only=True)
+    detail = torch_load_detail(e.value)
+    assert "print" in detail and "\n" not in detail, detail
+    for advice in ("safe_globals", "trust", "weights_only", "allowlist"):
+        assert advice not in detail, detail
