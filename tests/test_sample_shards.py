@@ -84,7 +84,8 @@ def test_a_killed_rank_loses_only_its_unfinished_shard(checkpoint, one_process, 
     assert len(kept) < 4 and not (folder / "seeds_000048-000063.npz").exists()
     for path in kept:  # no partial shard: each holds its 16 seeds
         assert len(np.load(path)["seeds"]) == 16
-    no_temp_files(folder)
+    # A kill inside an atomic write may leave that write's temporary file (never a shard
+    # name); the rerun removes it.
     outs = _run(argv, world=2)
     todo = 64 - 16 * len(kept)
     assert f"{64 - todo} done, {todo} to sample" in outs[0]

@@ -353,3 +353,27 @@ def test_a_torn_last_log_line_is_skipped_and_never_joins_the_next_record(tmp_pat
     logger.log({"event": "train", "loss": 0.125}, step=3)
     assert [r["step"] for r in read_log(log)] == [1, 2, 3]
     assert log.read_text().count("\n") == 4  # the torn line ended, no blank line
+
+
+def test_training_on_within_a_period_keeps_the_checkpoint_it_supersedes(tmp_path):
+    """A run that ended at step 6 (checkpoint_2.pth, the period 5..8) and is then trained on to
+    step 7 would write checkpoint_2.pth again: the step-6 weights are kept beside it, under a name
+    discovery ignores, with their sidecar, and the log says so."""
+    from training.checkpoints import checkpoint_step, periodic_checkpoints, read_sidecar
+    from training.train import train
+    w = tmp_path / "w"
+    train(small_config(n_iters=6), str(w), device="cpu", progress=False, log=_quiet)
+    path = periodic_path(w, 2)
+    before = Path(path).read_bytes()
+    assert checkpoint_step(path) == 6
+    train(small_config(n_iters=7), str(w), device="cpu", progress=False, log=_quiet)
+    kept = w / "checkpoints" / "checkpoint_2.step6.pth"
+    assert kept.read_bytes() == before and read_sidecar(kept)["step"] == 6
+    assert checkpoint_step(path) == 7 and Path(path).read_bytes() != before
+    assert sorted(periodic_checkpoints(w)) == [1, 2]
+    assert [(r["step"], r["path"]) for r in read_log(w / "log.jsonl")
+            if r["event"] == "kept"] == [(7, str(kept))]
+    # The same step written again (a resumed run redoing it) replaces nothing else.
+    train(small_config(n_iters=7), str(w), device="cpu", progress=False, log=_quiet)
+    assert sorted(p.name for p in (w / "checkpoints").glob("*.pth")) == [
+        "checkpoint_1.pth", "checkpoint_2.pth", "checkpoint_2.step6.pth"]

@@ -212,6 +212,31 @@ def ensure_sidecar(path, step):
     return True
 
 
+def keep_superseded(path, step):
+    """Before checkpoint `path` is written for `step`: if it holds another step (a run that
+    ended inside a period, checkpoint_k.pth at step 60, and was then trained on within the same
+    period), rename it and its sidecar to `checkpoint_k.step<old>.pth` beside it, so no weights
+    are lost (the name is not a periodic checkpoint's: discovery ignores it). Returns the new
+    path, or None when there was nothing to keep."""
+    if not os.path.exists(path):
+        return None
+    try:
+        old = checkpoint_step(path)
+    except Exception:  # noqa: BLE001 -- an unreadable file is kept too, under its own name
+        old = "unreadable"
+    if old == int(step):
+        return None  # the same step again (a resumed run redoing it): same weights
+    stem, ext = os.path.splitext(os.fspath(path))
+    target, n = f"{stem}.step{old}{ext}", 1
+    while os.path.lexists(target) or os.path.lexists(sidecar_path(target)):
+        n += 1
+        target = f"{stem}.step{old}-{n}{ext}"
+    os.replace(path, target)
+    if os.path.exists(sidecar_path(path)):
+        os.replace(sidecar_path(path), sidecar_path(target))
+    return target
+
+
 def save_training_state(path, model, config, ema, optimizer, step, extra=None):
     """Write the full training state to `path` (atomically) and its sidecar; `extra` holds the
     data order ('data_order') and, with fp16, the gradient scaler ('grad_scaler')."""

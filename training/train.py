@@ -40,9 +40,9 @@ from networks.runtime import RuntimeOptions, fast_math, prepare_model
 from networks.sizes import check_model_config
 from sde_lib import get_sde
 from sde_base.fileio import WorkdirLock, WorkdirLockedError, remove_stale_temps
-from training.checkpoints import (PERIODIC_DIR, ensure_sidecar, meta_path, move_history_aside,
-                                  periodic_path, restore_training_state, resume_point,
-                                  save_training_state)
+from training.checkpoints import (PERIODIC_DIR, ensure_sidecar, keep_superseded, meta_path,
+                                  move_history_aside, periodic_path, restore_training_state,
+                                  resume_point, save_training_state)
 from training.data import load_dataset
 from training.distributed import (StopSignals, all_reduce_mean, any_process, barrier, collective,
                                   init_distributed)
@@ -324,6 +324,11 @@ def _train(config, workdir, info, data_dir, progress, stop_after, log, restart=F
                 k = -(-step // tr.snapshot_freq) if tr.get("snapshot_freq", 0) > 0 else step
                 extra = checkpoint_extra()
                 if info.is_main:
+                    kept = keep_superseded(periodic_path(workdir, k), step)
+                    if kept is not None:
+                        logger.log({"event": "kept", "path": kept,
+                                    "why": f"{periodic_path(workdir, k)} is now step {step}"},
+                                   step=step)
                     save_training_state(periodic_path(workdir, k), model, config, ema, optimizer,
                                         step, extra)
                     logger.log({"event": "checkpoint", "path": periodic_path(workdir, k)},
