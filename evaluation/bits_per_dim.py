@@ -101,6 +101,9 @@ def image_generators(seed, repeat, images):
     return RowGenerators([mix_seed(base, int(i)) for i in images])
 
 
+MAX_VALUES = 10_000_000  # (image, repeat) records of one run: ImageNet's 50k x 5 is 250k
+
+
 def plan_batches(num_images, batch_size, repeats, num_batches=None):
     """The batches (repeat, batch index, start, stop) of `repeats` passes over `num_images`
     images in batches of `batch_size`, in (repeat, batch) order; the first `num_batches` only
@@ -291,6 +294,10 @@ def evaluate_split(score_fn, sde, dataset, *, data_range, batch_size, out, seed,
     if num_images is not None and (int(num_images) != num_images or num_images < 1):
         raise ValueError(f"num_images must be a positive integer, got {num_images}")
     n = len(dataset) if num_images is None else min(int(num_images), len(dataset))
+    if n * int(repeats) > MAX_VALUES:
+        raise ValueError(f"repeats = {repeats} over {n} images is {n * int(repeats):,} records, "
+                         f"more than {MAX_VALUES:,} (each one an ODE solve): lower --repeats "
+                         f"or --num-images")
     plan = plan_batches(n, int(batch_size), int(repeats), num_batches)
     folder = os.path.dirname(os.path.abspath(out))
     lock, records, payload = None, {}, None

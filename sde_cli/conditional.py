@@ -37,6 +37,7 @@ def train_classifier(args, config, sde, device):
     from training.data import get_data_scaler, load_dataset
     ds = load_dataset(config, "train", data_dir=args.data_dir)
     images, labels = ds.get_batch(torch.arange(len(ds)))
+    parse_labels(args.labels, args.num_samples, int(labels.max()) + 1)  # before the training
     images = get_data_scaler(config)(images)
     g = torch.Generator().manual_seed(int(config.seed))
     t0 = time.time()

@@ -220,6 +220,10 @@ def test_cli_inpaint_colorize_conditional_write_grids(tiny_checkpoints, tmp_path
     assert "out of range" in capsys.readouterr().err
     assert cli(["colorize", "--checkpoint", str(tiny_checkpoints[1]), *common]) == 1
     assert "colorize needs an RGB model" in capsys.readouterr().err
+    fresh = tmp_path / "fresh.pt"  # labels out of range are refused before any training
+    assert cli(["conditional", "--checkpoint", str(tiny_checkpoints[1]), "--classifier",
+                str(fresh), "--train-steps", "5", "--labels", "99", *common]) == 1
+    assert "out of range" in capsys.readouterr().err and not fresh.exists()
     victim = tmp_path / "victim.pt"  # a file the toolkit did not write is never replaced
     victim.write_bytes(b"someone else's weights")
     assert cli(["conditional", "--checkpoint", str(tiny_checkpoints[1]), "--classifier",

@@ -196,3 +196,13 @@ def test_files_the_toolkit_did_not_write_are_never_replaced(tmp_path, score):
                                                      "records": str(out)}))
     evaluate_split(fn, sde, ds, out=str(out), key="k2", num_batches=1, fresh=True, **SETTINGS)
     assert [r["key"] for r in lines(out)] == ["k2"] * 3  # its own files are replaced
+
+
+def test_a_huge_repeat_count_is_refused_before_any_work(tmp_path, score):
+    fn, sde = score
+    out = tmp_path / "bpd.jsonl"
+    with pytest.raises(ValueError, match=r"repeats = 100000000 over 2 images is 200,000,000 "
+                                         r"records.*lower --repeats or --num-images"):
+        evaluate_split(fn, sde, digits(), out=str(out), key="k", repeats=10 ** 8, num_images=2,
+                       **SETTINGS)
+    assert fn.calls == 0 and not out.exists()
