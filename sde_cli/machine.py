@@ -109,10 +109,15 @@ def idle_cpus(window=0.25):
 
 def free_cores():
     """(free, cores, what was measured): the physical cores of this process's CPU set that
-    other processes leave idle (at least 1). Measured as idle time over a quarter second
-    (`idle_cpus`), which sees the machine as it is now; where that is unavailable, the 1-minute
-    load average, which lags (it still counts a job that ended seconds ago)."""
+    other processes leave idle, divided among the processes torchrun started on this machine
+    ($LOCAL_WORLD_SIZE; they all measure at once and would each see every core free), at least
+    1. Idle time is measured over a quarter second (`idle_cpus`), which sees the machine as it
+    is now; where that is unavailable, the 1-minute load average, which lags (it still counts a
+    job that ended seconds ago)."""
     cores = physical_cores()
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    local = max(1, int(local)) if local.isdigit() else 1
+    shared = f", {local} processes here" if local > 1 else ""
     idle = idle_cpus()
     if idle is not None:
         try:
@@ -120,9 +125,11 @@ def free_cores():
         except AttributeError:
             logical = os.cpu_count() or 1
         free = idle * cores / max(logical, 1)
-        return max(1, min(cores, int(round(free)))), cores, f"{free:.1f} idle now"
+        n = max(1, min(cores, int(round(free)))) // local
+        return max(1, n), cores, f"{free:.1f} idle now{shared}"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, int(round(cores - load)))), cores, f"load {load:.1f}"
+    n = max(1, min(cores, int(round(cores - load)))) // local
+    return max(1, n), cores, f"load {load:.1f}{shared}"
 
 
 def environment(device):

@@ -1,6 +1,7 @@
 """Fixtures shared by several test files."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ import torch
 import configs
 from sde_lib import get_sde, oracle
 
+# One thread in every command a test runs, in process or as a child: results compared bitwise
+# across runs (1 against 2 processes, killed against whole runs) must not depend on the thread
+# count the command's free-core rule picks from the machine's load at that moment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 SCORE_SDE_FIXTURE = Path(__file__).resolve().parent / "data" / "score_sde_pytorch"
 
 

@@ -385,6 +385,15 @@ def test_threads_rule(monkeypatch, capsys):
                 assert machine.choose_threads(args, config, torch.device("cpu")) == want
                 assert f"threads: {want} (2 physical cores, {idle:.1f} idle now" in \
                     capsys.readouterr().out
+        monkeypatch.setattr(machine, "physical_cores", lambda: 8)  # 4 torchrun ranks share 8
+        every = float(len(os.sched_getaffinity(0)))  # every logical CPU idle
+        monkeypatch.setattr(machine, "idle_cpus", lambda window=0.25: every)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+        assert machine.choose_threads(args, config, torch.device("cpu")) == 2
+        assert "threads: 2 (8 physical cores, 8.0 idle now, 4 processes here" in \
+            capsys.readouterr().out
+        monkeypatch.delenv("LOCAL_WORLD_SIZE")
+        monkeypatch.setattr(machine, "physical_cores", lambda: 2)
         monkeypatch.setattr(machine, "idle_cpus", lambda window=0.25: None)  # no /proc/stat
         for load, want in ((0.1, 2), (0.8, 1), (1.4, 1), (7.0, 1)):  # the load average then
             monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
