@@ -48,7 +48,8 @@ import uuid
 import torch
 
 from likelihood.bpd import bits_per_dim_details
-from sde_base.fileio import WorkdirLock, file_digest, remove_stale_temps, write_jsonl
+from sde_base.fileio import (WorkdirLock, file_digest, json_object_matches,
+                             remove_stale_temps, write_jsonl)
 from solvers.seeding import RowGenerators
 from training.distributed import DistInfo, DistributedTimeoutError, collective
 from training.pipeline import get_images, mix_seed
@@ -169,12 +170,7 @@ def check_replaceable(records_path, fresh):
                              f"records file") from None
     summary = summary_path(records_path)
     if os.path.lexists(summary):
-        try:
-            with open(summary) as f:
-                ours = {"bpd", "key", "records"} <= set(json.load(f))
-        except (ValueError, TypeError, UnicodeDecodeError, OSError):
-            ours = False
-        if not ours:
+        if not json_object_matches(summary, lambda data: {"bpd", "key", "records"} <= set(data)):
             raise ValueError(f"{summary} exists and is not a bits/dim summary this toolkit "
                              f"wrote; the summary of {os.path.basename(records_path)} would "
                              f"replace it: choose another records file")

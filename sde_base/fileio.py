@@ -176,6 +176,18 @@ def read_json(path, format=None, what=None):
     return data
 
 
+def json_object_matches(path, test):
+    """True when `path` holds a JSON object for which `test(data)` is true; False when it does
+    not (unreadable, not JSON, not an object, or `test` says no). Used to tell a result file
+    the toolkit wrote from any other file before replacing it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(test(data))
+
+
 def save_torch(obj, path):
     """`torch.save(obj)` to `path` atomically. Returns the sha256 hex digest of the file."""
     import torch

@@ -125,11 +125,11 @@ def free_cores():
         except AttributeError:
             logical = os.cpu_count() or 1
         free = idle * cores / max(logical, 1)
-        n = max(1, min(cores, int(round(free)))) // local
-        return max(1, n), cores, f"{free:.1f} idle now{shared}"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    n = max(1, min(cores, int(round(cores - load)))) // local
-    return max(1, n), cores, f"load {load:.1f}{shared}"
+        what = f"{free:.1f} idle now"
+    else:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        free, what = cores - load, f"load {load:.1f}"
+    return max(1, min(cores, int(round(free))) // local), cores, what + shared
 
 
 def environment(device):

@@ -76,17 +76,12 @@ def check_result_file(path, flag, command):
     result this `command` wrote (a JSON object whose "command" is `command`: write it so);
     a folder, or any other file, is refused, so nothing replaces a file the toolkit did not
     write. Creates the file's folder and removes the temporary files dead writers left there."""
-    import json
-    from sde_base.fileio import remove_stale_temps
+    from sde_base.fileio import json_object_matches, remove_stale_temps
     from sde_cli.folders import check_writable
     if os.path.isdir(path):
         raise CLIError(f"{flag} {path!r} is a folder; give a file name")
     if os.path.lexists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                ours = json.load(f).get("command") == command
-        except (OSError, ValueError, AttributeError, UnicodeDecodeError):
-            ours = False
+        ours = json_object_matches(path, lambda data: data.get("command") == command)
         if not ours or os.path.islink(path):
             raise CLIError(f"{flag} {path!r} exists and is not a result of `{command}` this "
                            f"toolkit wrote; it is never replaced: choose another file name")
